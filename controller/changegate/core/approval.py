@@ -1,0 +1,304 @@
+"""One ChangeApproval judged: its signatures verified, its statement read, its fit to a change.
+
+Two stages, because they change at different rates:
+- ``verify_approval`` depends only on the object and the trust store, so its result is
+  memoized per (ChangeApproval uid, resourceVersion, trust-store version): a request
+  verifies nothing it has verified before, and a key removed from the trust store stops
+  counting at once (new version, new verification).
+- ``fit`` checks the verified statement against one admission request and the clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from changegate.core.digest import ViewRules, digest
+from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
+from changegate.core.errors import ChangeGateError, NotCanonicalError, StatementError
+from changegate.core.statement import Statement, parse_statement
+from changegate.core.trust import TrustStore
+
+MAX_SIGNATURES = 16
+MAX_STATEMENT_B64 = 21848  # 16 KiB of bytes, base64-encoded with padding
+CLOCK_SKEW = timedelta(seconds=60)
+# CR spec fields that must equal the statement's (the statement is what was signed).
+SPEC_FIELDS = ("cluster", "operation", "fromDigest", "toDigest", "changeRecord",
+               "requestedBy", "issuedAt", "expiresAt", "rollout")
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifiedApproval:
+    """What the signatures prove. ``statement`` is None when nothing verified or it is bad."""
+
+    statement: Statement | None
+    approvers: frozenset[str]  # distinct verified approver names (role approver, namespace ok)
+    signers: frozenset[str]  # every verified signer name, any role (trusted-creator check)
+    problems: tuple[Problem, ...]
+    signature_results: tuple[str, ...]  # valid | invalid | untrusted, one per signature
+
+
+def decode_statement(spec: Mapping[str, Any]) -> bytes:
+    raw = spec.get("statement")
+    if not isinstance(raw, str) or not raw:
+        raise StatementError("spec.statement is missing")
+    if len(raw) > MAX_STATEMENT_B64:
+        raise StatementError("spec.statement is over 16 KiB")
+    try:
+        return b64decode(raw)
+    except ValueError as exc:
+        raise StatementError(f"spec.statement: {exc}") from exc
+
+
+def spec_mismatches(spec: Mapping[str, Any], statement: Statement, namespace: str) -> list[str]:
+    """Fields where the CR says something other than what was signed."""
+    pred = statement.predicate.model_dump(exclude_none=True)
+    wrong = [f for f in SPEC_FIELDS if _normal(spec.get(f)) != _normal(pred.get(f))]
+    target = dict(pred["target"])
+    if target.pop("namespace") != namespace:
+        wrong.append("target.namespace (the statement names another namespace)")
+    if _normal(spec.get("target")) != _normal(target):
+        wrong.append("target")
+    return wrong
+
+
+def _normal(value: Any) -> Any:
+    """Compare as the API server stores it: nulls dropped, so {url: null} == {}."""
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustStore, *,
+                    allow_service_accounts: bool) -> VerifiedApproval:
+    """Verify first, then parse the verified bytes. Never raises."""
+    problems: list[Problem] = []
+    results: list[str] = []
+    try:
+        payload = decode_statement(spec)
+    except StatementError as exc:
+        return VerifiedApproval(None, frozenset(), frozenset(),
+                                (Problem("statement_invalid", str(exc)),), ())
+    message = pae(PAYLOAD_TYPE, payload)
+    signatures = spec.get("signatures") or []
+    if not isinstance(signatures, list) or len(signatures) > MAX_SIGNATURES:
+        return VerifiedApproval(None, frozenset(), frozenset(), (Problem(
+            "statement_invalid", f"spec.signatures must be a list of at most {MAX_SIGNATURES}"),
+        ), ())
+    signers: dict[str, str] = {}  # name -> role
+    for index, entry in enumerate(signatures):
+        keyid = str(entry.get("keyid", "")) if isinstance(entry, dict) else ""
+        try:
+            sig = b64decode(entry.get("sig", "") if isinstance(entry, dict) else "")
+        except ValueError as exc:
+            results.append("invalid")
+            problems.append(Problem("signature_invalid", f"signatures[{index}]: {exc}"))
+            continue
+        signer = trust.find_signer(sig, message, keyid)
+        if signer is None:
+            if trust.by_keyid(keyid) is not None:
+                results.append("invalid")
+                who = trust.by_keyid(keyid).approver.name  # type: ignore[union-attr]
+                problems.append(Problem("signature_invalid",
+                                        f"signatures[{index}] claims {who}'s key but does not "
+                                        "verify: forged or made over other bytes"))
+            else:
+                results.append("untrusted")
+                problems.append(Problem("key_untrusted",
+                                        f"signatures[{index}] is by no key in the trust store"))
+            continue
+        results.append("valid")
+        name = signer.approver.name
+        if name in signers:
+            problems.append(Problem("approver_duplicate",
+                                    f"{name} signed twice (two keys of one person count once)"))
+        signers.setdefault(name, signer.approver.role)
+        if signer.approver.role != "approver":
+            continue  # a requester's key signs as requester only
+        if not signer.approver.may_approve_in(obj_namespace):
+            problems.append(Problem("approver_wrong_namespace",
+                                    f"{name} may not approve in namespace {obj_namespace}"))
+            signers[name] = "elsewhere"
+        elif name.startswith("system:") and not allow_service_accounts:
+            problems.append(Problem("key_untrusted",
+                                    f"{name} is a service account; the policy refuses those "
+                                    "as approvers"))
+            signers[name] = "service-account"
+    if not signers:
+        return VerifiedApproval(None, frozenset(), frozenset(), tuple(problems), tuple(results))
+    try:
+        statement = parse_statement(payload)
+    except StatementError as exc:
+        problems.append(Problem("statement_invalid", str(exc)))
+        return VerifiedApproval(None, frozenset(), frozenset(signers), tuple(problems),
+                                tuple(results))
+    wrong = spec_mismatches(spec, statement, obj_namespace)
+    if wrong:
+        problems.append(Problem("spec_statement_mismatch",
+                                "the ChangeApproval's fields differ from the signed statement: "
+                                + ", ".join(wrong)))
+        return VerifiedApproval(None, frozenset(), frozenset(signers), tuple(problems),
+                                tuple(results))
+    approvers = {n for n, role in signers.items() if role == "approver"}
+    requester = statement.predicate.requestedBy
+    if requester in approvers:
+        approvers.discard(requester)
+        problems.append(Problem("self_approval",
+                                f"{requester} requested this change and cannot approve it"))
+    return VerifiedApproval(statement, frozenset(approvers), frozenset(signers),
+                            tuple(problems), tuple(results))
+
+
+class VerificationMemo:
+    """Bounded memo of verify_approval per (uid, resourceVersion, trust version)."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._size = size
+        self._data: OrderedDict[tuple[str, ...], VerifiedApproval] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: tuple[str, ...]) -> VerifiedApproval | None:
+        found = self._data.get(key)
+        if found is not None:
+            self.hits += 1
+            self._data.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, ...], value: VerifiedApproval) -> None:
+        self._data[key] = value
+        if len(self._data) > self._size:
+            self._data.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Change:
+    """The change an admission request makes, as the approval must name it."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    operation: str
+    from_digest: str
+    to_digest: str
+    applier: str
+
+
+@dataclass
+class Fit:
+    """How well one verified approval fits one change."""
+
+    approval: str
+    problems: list[Problem] = field(default_factory=list)
+    approvers: frozenset[str] = frozenset()
+    record: str = ""
+    nonce: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: datetime,
+        max_lifetime: int, record_pattern: str, required: int, used: frozenset[str],
+        phase: str, name: str) -> Fit:
+    """Every rule of SPEC §4 that depends on the request, the clock or the ledger."""
+    result = Fit(approval=name)
+    result.problems.extend(p for p in verified.problems
+                           if p.code not in ("approver_duplicate", "self_approval"))
+    st = verified.statement
+    if st is None:
+        if not result.problems:
+            result.problems.append(Problem("no_approval", "no signature verifies"))
+        return result
+    p = st.predicate
+    result.record, result.nonce = p.changeRecord.id, p.nonce
+    add = result.problems.append
+    if p.nonce in used:
+        add(Problem("approval_used", f"approval {name} was already used (its nonce is in the "
+                                     "ledger); request a new one"))
+    elif phase in ("Applied", "Expired"):
+        add(Problem("approval_used", f"approval {name} is {phase}"))
+    if p.operation != change.operation:
+        add(Problem("operation_mismatch", f"approval is for {p.operation}, request is "
+                                          f"{change.operation}"))
+    t = p.target
+    if (t.apiVersion, t.kind, t.namespace, t.name) != (
+            change.api_version, change.kind, change.namespace, change.name):
+        add(Problem("target_mismatch", f"approval names {t.kind} {t.namespace}/{t.name}"))
+    elif t.uid != change.uid:
+        add(Problem("target_mismatch", f"approval names object uid {t.uid}, the live object is "
+                                       f"{change.uid}"))
+    if p.fromDigest != change.from_digest:
+        add(Problem("digest_mismatch", f"approval starts from {p.fromDigest}, the live object "
+                                       f"is {change.from_digest}"))
+    if p.toDigest != change.to_digest:
+        add(Problem("digest_mismatch", f"approval produces {p.toDigest}, this request "
+                                       f"produces {change.to_digest}"))
+    if p.cluster != cluster:
+        add(Problem("cluster_mismatch", f"approval is for cluster {p.cluster!r}, this is "
+                                        f"{cluster!r}"))
+    add_time_problems(st, now, max_lifetime, add)
+    if not re.fullmatch(record_pattern, p.changeRecord.id):
+        add(Problem("change_record_invalid", f"change record {p.changeRecord.id!r} does not "
+                                             f"match {record_pattern}"))
+    approvers = verified.approvers - {change.applier}
+    if change.applier in verified.approvers and change.applier != p.requestedBy:
+        add(Problem("applier_approval", f"{change.applier} applies this change and cannot "
+                                        "also approve it"))
+    result.approvers = approvers
+    if len(approvers) < required:
+        dup = [q for q in verified.problems if q.code in ("approver_duplicate", "self_approval")]
+        detail = f"{len(approvers)}/{required} approvals"
+        if dup:
+            detail += " (" + "; ".join(q.detail for q in dup) + ")"
+        code = dup[0].code if dup else "approvals_insufficient"
+        add(Problem(code, detail))
+    return result
+
+
+def add_time_problems(st: Statement, now: datetime, max_lifetime: int, add: Any) -> None:
+    issued, expires = st.issued_at, st.expires_at
+    if issued > now + CLOCK_SKEW:
+        add(Problem("not_yet_valid", f"issued at {st.predicate.issuedAt}, in the future"))
+    if now >= expires:
+        add(Problem("expired", f"expired at {st.predicate.expiresAt}"))
+    if (expires - issued).total_seconds() > max_lifetime:
+        add(Problem("lifetime_exceeded", f"lifetime {expires - issued} is over the maximum "
+                                         f"{timedelta(seconds=max_lifetime)}"))
+
+
+def manifest_digest(spec: Mapping[str, Any], rules: ViewRules, autoscaled: bool) -> str | None:
+    manifest = spec.get("manifest")
+    if not isinstance(manifest, dict):
+        return None
+    try:
+        return digest(manifest, rules, autoscaled=autoscaled)
+    except NotCanonicalError:
+        return None
+
+
+def best(fits: Iterable[Fit]) -> Fit | None:
+    """The approval closest to admitting the change, to explain a denial."""
+    ranked = sorted(fits, key=lambda f: (
+        not f.ok,
+        any(q.code in ("target_mismatch", "operation_mismatch") for q in f.problems),
+        any(q.code == "digest_mismatch" for q in f.problems),
+        -len(f.approvers),
+        len(f.problems)))
+    return ranked[0] if ranked else None
+
+
+__all__ = ["Change", "ChangeGateError", "Fit", "Problem", "VerificationMemo",
+           "VerifiedApproval", "best", "fit", "manifest_digest", "verify_approval"]

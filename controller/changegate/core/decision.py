@@ -1,0 +1,257 @@
+"""decide(): the webhook's whole judgement of one AdmissionRequest, pure and deterministic.
+
+Routing by resource: gated objects (Deployments, ConfigMaps) -> approvals; ChangeApprovals
+-> their own admission rules; Namespaces -> the namespace guard; deployments/scale -> the
+scale guard; the controller's own ConfigMaps -> the config guard. Time arrives as ``now``;
+nothing here does I/O, so `changegate check` reproduces any webhook answer offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from changegate.core import guards
+from changegate.core.approval import (
+    Change,
+    Fit,
+    Problem,
+    VerificationMemo,
+    VerifiedApproval,
+    best,
+    fit,
+    manifest_digest,
+    verify_approval,
+)
+from changegate.core.digest import ABSENT, digest
+from changegate.core.errors import NotCanonicalError
+from changegate.core.policy import NamespaceSettings, Policy, namespace_settings
+from changegate.core.review import AdmissionRequest
+from changegate.core.snapshot import ApprovalObject, Snapshot
+from changegate.core.verdict import Decision, Verdict
+
+BREAK_GLASS = "changegate.io/break-glass"
+GATED = {("apps", "deployments"): "Deployment", ("", "configmaps"): "ConfigMap"}
+SYSTEM_NAMESPACES = frozenset({"kube-system"})
+
+
+@dataclass
+class Context:
+    """Per-call helpers: the memo survives across calls, the rest is per request."""
+
+    memo: VerificationMemo = field(default_factory=VerificationMemo)
+    digests: dict[tuple[str, str, str, bool], str] = field(default_factory=dict)
+
+
+_DEFAULT_CONTEXT = Context()
+
+
+def decide(request: AdmissionRequest, snapshot: Snapshot, now: datetime,
+           context: Context | None = None) -> Decision:
+    ctx = context or _DEFAULT_CONTEXT
+    verdict = _route(request, snapshot, now, ctx)
+    return verdict.finish(request, snapshot)
+
+
+def _route(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context) -> Verdict:
+    if req.sub_resource == "status":
+        return Verdict.allow("not_gated", "status is never intercepted")
+    key = (req.group, req.resource)
+    if key == ("", "namespaces"):
+        return guards.namespace_guard(req, snap)
+    if req.namespace == snap.process.namespace and key == ("", "configmaps"):
+        return guards.config_guard(req, snap)
+    if req.namespace in SYSTEM_NAMESPACES or req.namespace == snap.process.namespace:
+        return Verdict.allow("not_gated", "system or controller namespace")
+    if key == ("changegate.io", "changeapprovals"):
+        return guards.approval_object(req, snap, now, ctx.memo)
+    if key == ("apps", "deployments") and req.sub_resource == "scale":
+        return guards.scale_guard(req, snap)
+    kind = GATED.get(key)
+    if kind is None or req.sub_resource:
+        return Verdict.allow("not_gated", f"{req.resource} is not gated")
+    return _gated(req, snap, now, ctx, kind)
+
+
+def is_autoscaled(snap: Snapshot, policy: Policy, namespace: str, name: str) -> bool:
+    return policy.is_autoscaled(namespace, name) or (namespace, name) in snap.hpa_targets
+
+
+def _digest(ctx: Context, obj: dict[str, Any] | None, policy: Policy, autoscaled: bool,
+            cache: bool) -> str:
+    """Digest of ``obj``; the old object's is cached by (uid, resourceVersion)."""
+    if obj is None:
+        return ABSENT
+    meta = obj.get("metadata") or {}
+    key = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")),
+           str(id(policy.view_rules)), autoscaled)
+    if cache and key[0] and key[1]:
+        found = ctx.digests.get(key)
+        if found is None:
+            if len(ctx.digests) > 100_000:
+                ctx.digests.clear()
+            found = ctx.digests[key] = digest(obj, policy.view_rules, autoscaled=autoscaled)
+        return found
+    return digest(obj, policy.view_rules, autoscaled=autoscaled)
+
+
+def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
+           kind: str) -> Verdict:
+    if snap.config_error:
+        return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
+    policy, trust = snap.policy, snap.trust
+    assert policy is not None and trust is not None  # config_error covers both
+    ns = snap.namespace(req.namespace)
+    if not policy.selects(dict(ns.labels)):
+        return Verdict.allow("not_gated", f"namespace {req.namespace} is not tier-1")
+    if req.operation not in policy.gatedOperations:
+        return Verdict.allow("not_gated", f"{req.operation} is not gated by the policy")
+    settings = namespace_settings(policy, dict(ns.annotations))
+    verdict = Verdict(kind=kind, settings=settings)
+    verdict.warnings.extend(f"changegate: {n}" for n in settings.notes)
+    eligible = trust.eligible_approvers(req.namespace,
+                                        allow_service_accounts=policy.allowServiceAccountApprovers)
+    if len(eligible) < settings.required_approvals:
+        verdict.warnings.append(
+            f"changegate: namespace {req.namespace} has {len(eligible)} eligible approvers; "
+            f"{settings.required_approvals} are required")
+    if req.operation == "DELETE" and ns.terminating:
+        return verdict.set_allow("namespace_terminating", "the namespace is being deleted")
+    for writer in (*guards.built_in_exempt(), *policy.exemptWriters):
+        if writer.matches(req.username, req.groups, kind, req.namespace, req.name):
+            return verdict.set_allow("exempt_writer", f"{req.username} is an exempt writer "
+                                                      f"of {kind} {req.name}")
+    autoscaled = kind == "Deployment" and is_autoscaled(snap, policy, req.namespace, req.name)
+    try:
+        old = _digest(ctx, req.old_object, policy, autoscaled, cache=True)
+        new = _digest(ctx, req.object, policy, autoscaled, cache=False)
+    except NotCanonicalError as exc:
+        return verdict.set_deny("not_canonical", str(exc))
+    verdict.from_digest, verdict.to_digest = old, new
+    scale_down = autoscaled and guards.replicas_decrease(req) and (
+        req.username not in policy.scaleExemptUsers)
+    if old == new and req.operation == "UPDATE" and not scale_down:
+        return verdict.set_allow("no_change", "the change does not touch the approved state")
+    if guards.is_break_glass(req, snap):
+        verdict.break_glass = True
+        reason = str((req.object or {}).get("metadata", {}).get("annotations", {})
+                     .get(BREAK_GLASS, ""))
+        verdict.warnings.append(f"changegate: BREAK-GLASS by {req.username}: {reason[:120]}"
+                                " (recorded; a review is owed)")
+        return verdict.set_allow("break_glass", f"break-glass: {reason}")
+    if scale_down:
+        return verdict.set_deny("scale_down", guards.SCALE_DOWN_HELP)
+    if kind == "Deployment" and settings.mode == "canary" and (
+            req.username != snap.process.operator_service_account):
+        return verdict.set_deny("canary_required", guards.CANARY_HELP)
+    if req.object is not None:
+        tags = guards.tag_only_images(req.object)
+        if tags and policy.requireImageDigests:
+            return verdict.set_deny("image_not_pinned",
+                                    "images must be pinned by digest (@sha256:...): "
+                                    + ", ".join(tags))
+        verdict.image_tags = tags
+    change = Change(api_version=req.api_version, kind=kind, namespace=req.namespace,
+                    name=req.name, uid=req.live_uid, operation=req.operation,
+                    from_digest=old, to_digest=new, applier=req.username)
+    winner, fits = _find_approval(change, snap, policy, settings, now, ctx, autoscaled)
+    verdict.signature_results = tuple(r for f in fits for r in f[1].signature_results)
+    if winner is not None:
+        verdict.approval, verdict.approvers = winner.approval, winner.approvers
+        verdict.record, verdict.nonce = winner.record, winner.nonce
+        verdict.approvals = len(winner.approvers)
+        return verdict.set_allow("approved", f"approved by {', '.join(sorted(winner.approvers))} "
+                                             f"under {winner.record}")
+    closest = best(f for f, _ in fits)
+    if closest is not None:
+        verdict.approval, verdict.record = closest.approval, closest.record
+        verdict.approvals = len(closest.approvers)
+        first = closest.problems[0]
+        verdict.set_deny(first.code, first.detail)
+        verdict.extra = [q for q in closest.problems[1:]]
+    elif guards.is_restart_only(req, policy):
+        if policy.restartWriters.includes(req.username, req.groups):
+            return verdict.set_allow("restart", "a restart of the approved template")
+        verdict.set_deny("restart_unapproved", guards.RESTART_HELP.format(name=req.name))
+    else:
+        verdict.set_deny("no_approval", "no ChangeApproval in this namespace names this change")
+    return verdict
+
+
+def _find_approval(change: Change, snap: Snapshot, policy: Policy, settings: NamespaceSettings,
+                   now: datetime, ctx: Context, autoscaled: bool
+                   ) -> tuple[Fit | None, list[tuple[Fit, VerifiedApproval]]]:
+    fits: list[tuple[Fit, VerifiedApproval]] = []
+    for obj in snap.approvals_in(change.namespace):
+        if obj.target_key != (change.kind, change.name):
+            continue
+        verified = _verified(obj, snap, policy, ctx)
+        result = _fit(obj, verified, change, snap, policy, settings, now)
+        if result.ok and change.operation != "DELETE":
+            got = manifest_digest(obj.spec, policy.view_rules, autoscaled)
+            if got != change.to_digest:
+                result.problems.append(Problem(
+                    "manifest_mismatch", f"approval {obj.name}'s manifest is not what it signed"))
+        if result.ok and policy.atomicRecords:
+            held = _record_holds(obj, result.record, snap, policy, settings, now, ctx)
+            if held:
+                result.problems.append(Problem("record_incomplete", held))
+        fits.append((result, verified))
+        if result.ok:
+            return result, fits
+    return None, fits
+
+
+def _verified(obj: ApprovalObject, snap: Snapshot, policy: Policy, ctx: Context
+              ) -> VerifiedApproval:
+    assert snap.trust is not None
+    key = (obj.namespace, obj.name, obj.uid, obj.resource_version, snap.trust.version,
+           str(policy.allowServiceAccountApprovers))
+    cacheable = bool(obj.uid and obj.resource_version)
+    found = ctx.memo.get(key) if cacheable else None
+    if found is None:
+        found = verify_approval(obj.namespace, obj.spec, snap.trust,
+                                allow_service_accounts=policy.allowServiceAccountApprovers)
+        if cacheable:
+            ctx.memo.put(key, found)
+    return found
+
+
+def _fit(obj: ApprovalObject, verified: VerifiedApproval, change: Change, snap: Snapshot,
+         policy: Policy, settings: NamespaceSettings, now: datetime) -> Fit:
+    return fit(verified, change, cluster=policy.clusterName, now=now,
+               max_lifetime=policy.maxApprovalLifetime, record_pattern=policy.changeRecordPattern,
+               required=settings.required_approvals, used=snap.ledger, phase=obj.phase,
+               name=obj.name)
+
+
+def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: Policy,
+                  settings: NamespaceSettings, now: datetime, ctx: Context) -> str:
+    """SPEC §4 rule 6: a release goes in whole. Names the first sibling that is not ready."""
+    for other in snap.approvals_in(winner.namespace):
+        if other.uid == winner.uid and other.name == winner.name or other.record_id != record:
+            continue
+        verified = _verified(other, snap, policy, ctx)
+        st = verified.statement
+        if st is not None and st.predicate.nonce in snap.ledger:
+            continue  # already used: that part of the release is in
+        if st is None:
+            return f"{other.name} under the same change record {record} is not valid yet"
+        problems: list[Problem] = [q for q in verified.problems
+                                   if q.code not in ("approver_duplicate", "self_approval")]
+        from changegate.core.approval import add_time_problems
+        add_time_problems(st, now, policy.maxApprovalLifetime, problems.append)
+        if len(verified.approvers) < settings.required_approvals:
+            problems.append(Problem("approvals_insufficient",
+                                    f"{len(verified.approvers)}/{settings.required_approvals}"))
+        if problems:
+            return (f"{other.name} under the same change record {record} is not complete "
+                    f"({problems[0].detail}); the release goes in whole or not at all")
+    return ""
+
+
+def settings_for(snap: Snapshot, namespace: str) -> NamespaceSettings | None:
+    if snap.policy is None:
+        return None
+    return namespace_settings(snap.policy, dict(snap.namespace(namespace).annotations))

@@ -1,0 +1,372 @@
+"""The guards around the gate (SPEC §4, §5): without them one `kubectl scale --replicas=0`,
+one `kubectl label ns payments tier-` or one edited trust store walks around everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from changegate.core.approval import (
+    MAX_SIGNATURES,
+    VerificationMemo,
+    decode_statement,
+    manifest_digest,
+    spec_mismatches,
+    verify_approval,
+)
+from changegate.core.dsse import b64decode
+from changegate.core.errors import ChangeGateError, StatementError
+from changegate.core.policy import (
+    BUILT_IN_EXEMPT,
+    ENFORCEMENT_ANNOTATION,
+    MODE_STRICTNESS,
+    ExemptWriter,
+    Policy,
+    load_policy,
+    namespace_settings,
+)
+from changegate.core.review import AdmissionRequest
+from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, Snapshot
+from changegate.core.statement import parse_statement
+from changegate.core.trust import load_trust_store
+from changegate.core.verdict import Verdict
+
+BREAK_GLASS = "changegate.io/break-glass"
+MAX_MANIFEST_BYTES = 1024 * 1024
+SCALE_DOWN_HELP = ("a scale-down of a tier-1 Deployment needs an approval: change spec.replicas "
+                   "through changegate request (or use break-glass in an incident)")
+CANARY_HELP = ("this namespace's enforcement is canary: a Deployment change reaches production "
+               "only through a canary that the operator runs and promotes")
+RESTART_HELP = ("`kubectl rollout restart` stamps the time when it runs, so no approval can name "
+                "it; request the restart with a fixed time: changegate request --restart "
+                "deployment/{name}, then changegate apply")
+
+
+def built_in_exempt() -> tuple[ExemptWriter, ...]:
+    return BUILT_IN_EXEMPT
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if not obj:
+        return {}
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def admin_groups(snap: Snapshot) -> frozenset[str]:
+    groups = set(snap.process.policy_admin_groups)
+    if snap.policy is not None:
+        groups.update(snap.policy.policyAdminGroups)
+    return frozenset(groups)
+
+
+def is_break_glass(req: AdmissionRequest, snap: Snapshot) -> bool:
+    """A break-glass group member adding or changing the annotation (never one left as it was)."""
+    groups = set(snap.process.break_glass_groups)
+    if snap.policy is not None:
+        groups.update(snap.policy.breakGlassGroups)
+    if not req.groups.intersection(groups):
+        return False
+    new = _annotations(req.object).get(BREAK_GLASS)
+    old = _annotations(req.old_object).get(BREAK_GLASS)
+    return isinstance(new, str) and bool(new.strip()) and new != old
+
+
+def _replicas(obj: Mapping[str, Any] | None) -> int | None:
+    value = ((obj or {}).get("spec") or {}).get("replicas")
+    return value if isinstance(value, int) else None
+
+
+def replicas_decrease(req: AdmissionRequest) -> bool:
+    old, new = _replicas(req.old_object), _replicas(req.object)
+    if req.operation != "UPDATE" or old is None:
+        return False
+    return (new if new is not None else 1) < old
+
+
+def tag_only_images(obj: Mapping[str, Any]) -> list[str]:
+    pod = (((obj.get("spec") or {}).get("template") or {}).get("spec") or {})
+    images = []
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for container in pod.get(key) or []:
+            image = container.get("image") if isinstance(container, dict) else None
+            if isinstance(image, str) and "@sha256:" not in image:
+                images.append(image)
+    return images
+
+
+def _without_restart(obj: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    spec = dict(obj.get("spec") or {})
+    template = dict(spec.get("template") or {})
+    meta = dict(template.get("metadata") or {})
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
+                           if k not in keys}
+    template["metadata"] = meta
+    spec["template"] = template
+    return spec
+
+
+def is_restart_only(req: AdmissionRequest, policy: Policy) -> bool:
+    """An UPDATE whose only difference is a restart annotation of the pod template."""
+    if req.operation != "UPDATE" or not req.object or not req.old_object:
+        return False
+    keys = policy.restartAnnotations
+    new_template = ((req.object.get("spec") or {}).get("template") or {})
+    old_template = ((req.old_object.get("spec") or {}).get("template") or {})
+    touched = any((new_template.get("metadata") or {}).get("annotations", {}).get(k)
+                  != (old_template.get("metadata") or {}).get("annotations", {}).get(k)
+                  for k in keys)
+    from changegate.core.digest import view
+    rules = policy.view_rules
+    old_view, new_view = view(req.old_object, rules), view(req.object, rules)
+    return touched and (
+        _without_restart(old_view, keys) == _without_restart(new_view, keys)
+        and old_view["metadata"] == new_view["metadata"])
+
+
+def scale_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
+    if snap.config_error:
+        return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
+    policy = snap.policy
+    assert policy is not None
+    if not policy.selects(dict(snap.namespace(req.namespace).labels)):
+        return Verdict.allow("not_gated", "namespace is not tier-1")
+    if req.username in policy.scaleExemptUsers:
+        return Verdict.allow("scale_up", f"{req.username} is an autoscaler identity")
+    if not replicas_decrease(req):
+        return Verdict.allow("scale_up", "not a scale-down")
+    verdict = Verdict(kind="Deployment")
+    return verdict.set_deny("scale_down", SCALE_DOWN_HELP)
+
+
+def _loosened_namespace(policy: Policy, old: Mapping[str, Any], new: Mapping[str, Any] | None
+                        ) -> str:
+    """What makes this namespace change a loosening ('' when it is none)."""
+    if new is None:
+        return "deleting a tier-1 namespace"
+    new_meta = new.get("metadata") or {}
+    if not policy.selects(dict(new_meta.get("labels") or {})):
+        return "the namespace would no longer match tierSelector"
+    old_ann = dict((old.get("metadata") or {}).get("annotations") or {})
+    new_ann = dict(new_meta.get("annotations") or {})
+    before, after = namespace_settings(policy, old_ann), namespace_settings(policy, new_ann)
+    if MODE_STRICTNESS[after.mode] < MODE_STRICTNESS[before.mode]:
+        return f"{ENFORCEMENT_ANNOTATION} moves from {before.mode} to {after.mode}"
+    if after.required_approvals < before.required_approvals:
+        return (f"required approvals fall from {before.required_approvals} to "
+                f"{after.required_approvals}")
+    return ""
+
+
+def namespace_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
+    if req.operation not in ("UPDATE", "DELETE") or req.old_object is None:
+        return Verdict.allow("not_gated", "only updates and deletes of namespaces are guarded")
+    policy = snap.policy or Policy()  # a broken policy must not unguard namespaces
+    if not policy.selects(dict((req.old_object.get("metadata") or {}).get("labels") or {})):
+        return Verdict.allow("not_gated", "not a tier-1 namespace")
+    why = _loosened_namespace(policy, req.old_object,
+                              None if req.operation == "DELETE" else req.object)
+    if not why:
+        return Verdict.allow("not_gated", "the change does not loosen the namespace")
+    if req.groups.intersection(admin_groups(snap)):
+        verdict = Verdict.allow("policy_change", f"policy admin {req.username}: {why}")
+        verdict.policy_change = True
+        return verdict
+    verdict = Verdict.deny("namespace_guard", f"{why}; only policyAdminGroups may do that")
+    verdict.policy_change = False
+    return verdict
+
+
+def _policy_loosened(old: Policy, new: Policy) -> bool:
+    """A change that lets more through (a page), versus one that tightens (a ticket)."""
+    o, n = old, new
+
+    def grew(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+        return bool(set(b) - set(a))
+
+    return any((
+        MODE_STRICTNESS[n.enforcement] < MODE_STRICTNESS[o.enforcement],
+        n.requiredApprovals < o.requiredApprovals,
+        grew(n.gatedOperations, o.gatedOperations),  # an operation dropped from the gate
+        n.tierSelector != o.tierSelector,
+        n.clusterName != o.clusterName,
+        n.changeRecordPattern != o.changeRecordPattern,
+        n.maxApprovalLifetime > o.maxApprovalLifetime,
+        grew(o.breakGlassGroups, n.breakGlassGroups),
+        grew(o.trustedCreators, n.trustedCreators),
+        grew(o.policyAdminGroups, n.policyAdminGroups),
+        grew(o.scaleExemptUsers, n.scaleExemptUsers),
+        grew(o.ignoredAnnotations, n.ignoredAnnotations),
+        grew(o.ignoredLabels, n.ignoredLabels),
+        grew(o.autoscaled, n.autoscaled),
+        grew(o.exemptWriters, n.exemptWriters),
+        grew(o.restartWriters.users + o.restartWriters.groups,
+             n.restartWriters.users + n.restartWriters.groups),
+        grew(o.restartAnnotations, n.restartAnnotations),
+        o.dryRun == "enforce" and n.dryRun == "warn",
+        o.requireImageDigests and not n.requireImageDigests,
+        n.allowServiceAccountApprovers and not o.allowServiceAccountApprovers,
+        o.atomicRecords and not n.atomicRecords,
+        n.maxCanaryReplicas > o.maxCanaryReplicas,
+        n.canaryMinApprovals < o.canaryMinApprovals,
+    ))
+
+
+def _trust_grants(text: str) -> set[tuple[str, str, str, str]]:
+    store = load_trust_store(text)
+    return {(e.name, e.role, ns, k.key.keyid) for k in store.keys() for e in [k.approver]
+            for ns in e.namespaces}
+
+
+def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
+    process = snap.process
+    name = req.name
+    if process.is_ledger(name):
+        if req.username == process.operator_service_account:
+            return Verdict.allow("config_change", "the operator writes the ledger")
+        verdict = Verdict.deny("config_guard", "only the changegate operator may write the ledger")
+        verdict.config_change = ("ledger", True)
+        return verdict
+    if name not in (process.trust_configmap, process.policy_configmap):
+        return Verdict.allow("not_gated", "not a changegate configuration")
+    config = "trust" if name == process.trust_configmap else "policy"
+    key = TRUST_KEY if config == "trust" else POLICY_KEY
+    new_text = ((req.object or {}).get("data") or {}).get(key)
+    old_text = ((req.old_object or {}).get("data") or {}).get(key)
+    loosened = True
+    problem = ""
+    if req.operation != "DELETE":
+        try:
+            if config == "trust":
+                if new_text is None:
+                    raise ChangeGateError(f"trust store: the ConfigMap has no key {key}")
+                grants = _trust_grants(new_text)
+                loosened = old_text is None or bool(grants - _safe(_trust_grants, old_text))
+            else:
+                new_policy = load_policy(new_text)
+                old_policy = _safe_policy(old_text)
+                loosened = old_policy is None or _policy_loosened(old_policy, new_policy)
+        except ChangeGateError as exc:
+            problem = str(exc)
+    if problem:
+        verdict = Verdict.deny("config_invalid", f"refused: {problem}")
+    elif req.groups.intersection(admin_groups(snap)):
+        verdict = Verdict.allow("config_change", f"{config} changed by policy admin "
+                                                 f"{req.username}")
+    else:
+        verdict = Verdict.deny("config_guard", f"only policyAdminGroups may change the {config}")
+    verdict.config_change = (config, loosened)
+    return verdict
+
+
+def _safe(fn: Any, text: str) -> set[Any]:
+    try:
+        return set(fn(text))
+    except ChangeGateError:
+        return set()
+
+
+def _safe_policy(text: str | None) -> Policy | None:
+    try:
+        return load_policy(text) if text is not None else None
+    except ChangeGateError:
+        return None
+
+
+def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
+                    memo: VerificationMemo) -> Verdict:
+    """SPEC §4: the rules a ChangeApproval must meet to be stored at all."""
+    del now, memo  # validity in time is judged at use, not at creation
+    if req.operation not in ("CREATE", "UPDATE") or req.object is None:
+        return Verdict.allow("not_gated", "only creates and updates are checked")
+    if snap.config_error:
+        return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
+    policy, trust = snap.policy, snap.trust
+    assert policy is not None and trust is not None
+    spec = req.object.get("spec")
+    if not isinstance(spec, dict):
+        return Verdict.deny("statement_invalid", "spec is missing")
+    if req.operation == "UPDATE":
+        old_spec = (req.old_object or {}).get("spec") or {}
+        changed = sorted(k for k in set(spec) | set(old_spec)
+                         if k != "signatures" and spec.get(k) != old_spec.get(k))
+        if changed:
+            return Verdict.deny("approval_immutable",
+                                f"spec fields are immutable once created: {', '.join(changed)}")
+        old_sigs, new_sigs = old_spec.get("signatures") or [], spec.get("signatures") or []
+        if any(s not in new_sigs for s in old_sigs):
+            return Verdict.deny("approval_immutable", "signatures may only be appended")
+    problem = _shape_problem(req, spec, snap, policy)
+    if problem is not None:
+        return problem
+    st = parse_statement(decode_statement(spec))  # _shape_problem proved both succeed
+    if req.operation == "CREATE":
+        requester = st.predicate.requestedBy
+        if st.predicate.nonce in snap.ledger:
+            return Verdict.deny("approval_used", "this statement's nonce was already used; "
+                                                 "request a new approval")
+        if requester != req.username and req.username != snap.process.operator_service_account:
+            if req.username not in policy.trustedCreators:
+                return Verdict.deny("requester_mismatch",
+                                    f"requestedBy is {requester!r} but {req.username!r} creates "
+                                    "it; request your own changes")
+            verified = verify_approval(req.namespace, spec, trust, allow_service_accounts=True)
+            if requester not in verified.signers:
+                return Verdict.deny("requester_mismatch",
+                                    f"trusted creator {req.username} may create an approval for "
+                                    f"{requester} only with {requester}'s own signature")
+    return Verdict.allow("approved", "the ChangeApproval is well-formed")
+
+
+def _shape_problem(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
+                   policy: Policy) -> Verdict | None:
+    try:
+        raw = decode_statement(spec)
+        st = parse_statement(raw)
+    except StatementError as exc:
+        return Verdict.deny("statement_invalid", str(exc))
+    signatures = spec.get("signatures") or []
+    if not isinstance(signatures, list) or len(signatures) > MAX_SIGNATURES:
+        return Verdict.deny("statement_invalid", f"at most {MAX_SIGNATURES} signatures")
+    for index, sig in enumerate(signatures):
+        try:
+            if not isinstance(sig, dict) or not isinstance(sig.get("keyid", ""), str):
+                raise ValueError("not {keyid, sig}")
+            b64decode(sig.get("sig", ""))
+        except ValueError as exc:
+            return Verdict.deny("statement_invalid", f"signatures[{index}]: {exc}")
+    wrong = spec_mismatches(spec, st, req.namespace)
+    if wrong:
+        return Verdict.deny("spec_statement_mismatch",
+                            "fields differ from the statement: " + ", ".join(wrong))
+    p = st.predicate
+    import re
+    if not re.fullmatch(policy.changeRecordPattern, p.changeRecord.id):
+        return Verdict.deny("change_record_invalid", f"change record {p.changeRecord.id!r} does "
+                                                     f"not match {policy.changeRecordPattern}")
+    if p.operation != "DELETE":
+        manifest = spec.get("manifest")
+        if not isinstance(manifest, dict):
+            return Verdict.deny("manifest_mismatch", "manifest is required for CREATE and UPDATE")
+        import orjson
+        if len(orjson.dumps(manifest)) > MAX_MANIFEST_BYTES:
+            return Verdict.deny("manifest_mismatch", "manifest is over 1 MiB")
+        from changegate.core.decision import is_autoscaled
+        auto = p.target.kind == "Deployment" and is_autoscaled(snap, policy, req.namespace,
+                                                                p.target.name)
+        got = manifest_digest(spec, policy.view_rules, auto)
+        if got != p.toDigest:
+            return Verdict.deny("manifest_mismatch",
+                                f"manifest has digest {got}, the statement signs {p.toDigest}: "
+                                "reviewers must read what they sign")
+    if p.rollout.strategy == "canary":
+        mode = namespace_settings(policy, dict(snap.namespace(req.namespace).annotations)).mode
+        if mode != "canary":
+            return Verdict.deny("canary_required", "rollout canary is accepted only in a "
+                                                   "namespace whose enforcement is canary")
+        replicas = p.rollout.canary.replicas if p.rollout.canary else 1
+        if replicas > policy.maxCanaryReplicas:
+            return Verdict.deny("canary_required", f"canary replicas {replicas} exceed "
+                                                   f"maxCanaryReplicas {policy.maxCanaryReplicas}")
+    return None

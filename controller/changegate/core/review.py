@@ -1,0 +1,126 @@
+"""The admission.k8s.io/v1 AdmissionReview envelope: read a request, write a response.
+
+``object`` and ``oldObject`` stay plain dicts: the digest must see exactly what the API
+server sent, not what a model would make of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from changegate.core.errors import ReviewError
+
+API_VERSION = "admission.k8s.io/v1"
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    uid: str
+    group: str
+    version: str
+    kind: str
+    resource: str
+    sub_resource: str
+    namespace: str
+    name: str
+    operation: str
+    username: str
+    groups: frozenset[str]
+    object: dict[str, Any] | None
+    old_object: dict[str, Any] | None
+    dry_run: bool
+    user_extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def live_uid(self) -> str:
+        """uid of the object the change starts from; ``none`` for CREATE."""
+        if self.old_object is None:
+            return "none"
+        return str(self.old_object.get("metadata", {}).get("uid") or "none")
+
+
+def _str(req: Mapping[str, Any], key: str, *, required: bool = True) -> str:
+    value = req.get(key, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str) or (required and not value):
+        raise ReviewError(f"request.{key} is missing or not a string")
+    return value
+
+
+def _obj(req: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = req.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ReviewError(f"request.{key} is not an object")
+    return value
+
+
+def parse_review(doc: Any) -> AdmissionRequest:
+    """Raises ReviewError (the webhook answers HTTP 400) for anything malformed."""
+    if not isinstance(doc, dict):
+        raise ReviewError("body is not a JSON object")
+    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":
+        raise ReviewError(f"expected apiVersion {API_VERSION}, kind AdmissionReview")
+    req = doc.get("request")
+    if not isinstance(req, dict):
+        raise ReviewError("request is missing")
+    kind = req.get("kind")
+    resource = req.get("resource")
+    user = req.get("userInfo")
+    if not isinstance(kind, dict) or not isinstance(resource, dict) or not isinstance(user, dict):
+        raise ReviewError("request.kind, request.resource and request.userInfo are required")
+    operation = _str(req, "operation")
+    if operation not in OPERATIONS:
+        raise ReviewError(f"request.operation {operation!r} is unknown")
+    groups = user.get("groups") or []
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise ReviewError("request.userInfo.groups is not a list of strings")
+    username = user.get("username", "")
+    if not isinstance(username, str):
+        raise ReviewError("request.userInfo.username is not a string")
+    extra = user.get("extra") or {}
+    return AdmissionRequest(
+        uid=_str(req, "uid"),
+        group=str(kind.get("group") or ""),
+        version=str(kind.get("version") or ""),
+        kind=str(kind.get("kind") or ""),
+        resource=str(resource.get("resource") or ""),
+        sub_resource=str(req.get("subResource") or ""),
+        namespace=_str(req, "namespace", required=False),
+        name=_str(req, "name", required=False),
+        operation=operation,
+        username=username,
+        groups=frozenset(groups),
+        object=_obj(req, "object"),
+        old_object=_obj(req, "oldObject"),
+        dry_run=bool(req.get("dryRun")),
+        user_extra=extra if isinstance(extra, dict) else {},
+    )
+
+
+def review_uid(doc: Any) -> str | None:
+    """The request uid, if one can be read, so even a failed answer names its request."""
+    if isinstance(doc, dict) and isinstance(doc.get("request"), dict):
+        uid = doc["request"].get("uid")
+        return uid if isinstance(uid, str) else None
+    return None
+
+
+def build_response(uid: str, *, allowed: bool, message: str = "", code: int = 403,
+                   reason: str = "", warnings: tuple[str, ...] = (),
+                   audit: Mapping[str, str] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": uid, "allowed": allowed}
+    if not allowed:
+        response["status"] = {"code": code, "message": message, "reason": reason or "Forbidden"}
+    if warnings:
+        response["warnings"] = list(warnings)
+    if audit:
+        response["auditAnnotations"] = dict(audit)
+    return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}

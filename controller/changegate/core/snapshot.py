@@ -1,0 +1,132 @@
+"""The frozen world ``decide()`` sees: what the cache (or a directory of files) holds.
+
+The webhook's cache builds a new Snapshot on every watch event and swaps it in whole, so
+a request never sees half an update; ``changegate check`` and ``serve --static`` build
+one from files. Same type, same decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from changegate.core.policy import Policy
+from changegate.core.trust import TrustStore
+
+TRUST_KEY = "approvers.yaml"
+POLICY_KEY = "policy.yaml"
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """The process's own settings (chart values): valid even when a ConfigMap is broken."""
+
+    namespace: str = "changegate"
+    trust_configmap: str = "changegate-trust"
+    policy_configmap: str = "changegate-policy"
+    operator_service_account: str = "system:serviceaccount:changegate:changegate-operator"
+    policy_admin_groups: frozenset[str] = frozenset()
+    break_glass_groups: frozenset[str] = frozenset()
+
+    def is_ledger(self, name: str) -> bool:
+        return name.startswith("changegate-ledger-")
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    terminating: bool = False
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> NamespaceInfo:
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        return cls(
+            name=str(meta.get("name", "")),
+            labels=dict(meta.get("labels") or {}),
+            annotations=dict(meta.get("annotations") or {}),
+            terminating=bool(meta.get("deletionTimestamp")) or status.get("phase") == "Terminating",
+        )
+
+
+@dataclass(frozen=True)
+class ApprovalObject:
+    """A ChangeApproval as stored; ``spec`` stays the raw dict (the statement is what counts)."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    spec: Mapping[str, Any]
+    phase: str = ""
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> ApprovalObject:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec")
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            resource_version=str(meta.get("resourceVersion", "")),
+            spec=spec if isinstance(spec, dict) else {},
+            phase=str((obj.get("status") or {}).get("phase") or ""),
+        )
+
+    @property
+    def record_id(self) -> str:
+        record = self.spec.get("changeRecord")
+        return str(record.get("id", "")) if isinstance(record, dict) else ""
+
+    @property
+    def target_key(self) -> tuple[str, str]:
+        target = self.spec.get("target")
+        if not isinstance(target, dict):
+            return ("", "")
+        return (str(target.get("kind", "")), str(target.get("name", "")))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a decision may read. ``trust``/``policy`` are None with an error when invalid."""
+
+    trust: TrustStore | None
+    policy: Policy | None
+    process: ProcessConfig = ProcessConfig()
+    namespaces: Mapping[str, NamespaceInfo] = field(default_factory=dict)
+    approvals: Mapping[str, tuple[ApprovalObject, ...]] = field(default_factory=dict)
+    ledger: frozenset[str] = frozenset()
+    hpa_targets: frozenset[tuple[str, str]] = frozenset()  # (namespace, deployment name)
+    trust_error: str = ""
+    policy_error: str = ""
+    ready: bool = True
+
+    @property
+    def config_error(self) -> str:
+        if self.trust is None:
+            return self.trust_error or "trust store missing"
+        if self.policy is None:
+            return self.policy_error or "policy missing"
+        return ""
+
+    def namespace(self, name: str) -> NamespaceInfo:
+        """Unknown namespaces count as tier-1 with no annotations (fail closed)."""
+        info = self.namespaces.get(name)
+        if info is not None:
+            return info
+        labels = dict(self.policy.tierSelector) if self.policy else {}
+        return NamespaceInfo(name, labels)
+
+    def approvals_in(self, namespace: str) -> tuple[ApprovalObject, ...]:
+        return self.approvals.get(namespace, ())
+
+
+def ledger_nonces(configmaps: list[Mapping[str, Any]]) -> frozenset[str]:
+    """Used nonces from the ledger ConfigMaps (SPEC §9: one key per nonce)."""
+    nonces: set[str] = set()
+    for cm in configmaps:
+        nonces.update((cm.get("data") or {}).keys())
+    return frozenset(nonces)

@@ -1,0 +1,136 @@
+"""The trust store (SPEC §9): which public keys speak for which approver, and where.
+
+It is refused as a whole when any entry is wrong (fail closed): a half-loaded trust
+store would quietly drop an approver or, worse, keep a key that was meant to go.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from changegate.core.dsse import PublicKey, load_public_key
+from changegate.core.errors import ChangeGateError, TrustStoreError
+
+
+class ApproverEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    role: Literal["approver", "requester"] = "approver"
+    namespaces: tuple[str, ...] = ("*",)
+    keys: tuple[str, ...] = Field(min_length=1)
+
+    def may_approve_in(self, namespace: str) -> bool:
+        return "*" in self.namespaces or namespace in self.namespaces
+
+
+class _TrustFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    approvers: list[dict[str, Any]] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    approver: ApproverEntry
+    key: PublicKey
+
+
+class TrustStore:
+    """Loaded keys indexed by keyid. ``version`` changes whenever the content does."""
+
+    def __init__(self, entries: list[ApproverEntry], keys: dict[str, TrustedKey], version: str):
+        self.entries = entries
+        self._by_keyid = keys
+        self.version = version
+
+    def __len__(self) -> int:
+        return len(self._by_keyid)
+
+    def keys(self) -> Iterator[TrustedKey]:
+        return iter(self._by_keyid.values())
+
+    def by_keyid(self, keyid: str) -> TrustedKey | None:
+        return self._by_keyid.get(keyid)
+
+    def find_signer(self, signature: bytes, message: bytes, keyid_hint: str) -> TrustedKey | None:
+        """The trusted key that made ``signature``. The hint only orders the search."""
+        hinted = self._by_keyid.get(keyid_hint)
+        if hinted is not None and hinted.key.verify(signature, message):
+            return hinted
+        for trusted in self._by_keyid.values():
+            if trusted is not hinted and trusted.key.verify(signature, message):
+                return trusted
+        return None
+
+    def eligible_approvers(self, namespace: str, *, allow_service_accounts: bool) -> set[str]:
+        return {
+            e.name
+            for e in self.entries
+            if e.role == "approver"
+            and e.may_approve_in(namespace)
+            and (allow_service_accounts or not e.name.startswith("system:"))
+        }
+
+
+def _entry_label(index: int, raw: Any) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"approvers[{index}]" + (f" ({name})" if isinstance(name, str) else "")
+
+
+def load_trust_store(text: str | bytes) -> TrustStore:
+    """Parse approvers.yaml. Raises TrustStoreError naming the bad entry."""
+    raw_bytes = text.encode() if isinstance(text, str) else text
+    try:
+        doc = yaml.safe_load(raw_bytes)
+    except yaml.YAMLError as exc:
+        raise TrustStoreError(f"trust store: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if doc is None:
+        doc = {}
+    try:
+        parsed = _TrustFile.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "top level"
+        raise TrustStoreError(f"trust store: {where}: {err['msg']}") from exc
+    entries: list[ApproverEntry] = []
+    keys: dict[str, TrustedKey] = {}
+    names: set[str] = set()
+    for index, raw in enumerate(parsed.approvers):
+        label = _entry_label(index, raw)
+        try:
+            entry = ApproverEntry.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise TrustStoreError(f"trust store: {label}: {where}: {err['msg']}") from exc
+        if entry.name in names:
+            raise TrustStoreError(f"trust store: {label}: approver {entry.name!r} is listed twice")
+        names.add(entry.name)
+        for key_index, pem in enumerate(entry.keys):
+            try:
+                key = load_public_key(pem)
+            except ChangeGateError as exc:
+                raise TrustStoreError(f"trust store: {label}: keys[{key_index}]: {exc}") from exc
+            if key.keyid in keys:
+                other = keys[key.keyid].approver.name
+                raise TrustStoreError(
+                    f"trust store: {label}: keys[{key_index}] is also listed under {other!r}; "
+                    "one key must speak for one person"
+                )
+            keys[key.keyid] = TrustedKey(entry, key)
+        entries.append(entry)
+    return TrustStore(entries, keys, "sha256:" + hashlib.sha256(raw_bytes).hexdigest())
+
+
+def trust_entry_yaml(name: str, public_pem: str, namespaces: list[str] | None = None) -> str:
+    """The trust-store entry `changegate keygen` prints for an administrator to add."""
+    entry = {"name": name, "role": "approver", "namespaces": namespaces or ["*"],
+             "keys": [public_pem]}
+    return yaml.safe_dump({"approvers": [entry]}, sort_keys=False)

@@ -1,0 +1,171 @@
+"""Verdict (built while deciding) and Decision (what every adapter reads).
+
+Reason codes are the stable vocabulary (docs/contracts.md): the message, the metric label
+and the CLI's exit code are all derived from them here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+from changegate.core.approval import Problem
+
+if TYPE_CHECKING:
+    from changegate.core.policy import NamespaceSettings
+    from changegate.core.review import AdmissionRequest
+    from changegate.core.snapshot import Snapshot
+
+Outcome = Literal["allowed", "denied", "warned", "error"]
+MAX_WARNING = 255  # the API server may cut longer warnings
+WEBHOOK_FAULTS = frozenset({"config_invalid", "cache_not_ready", "internal_error",
+                            "deadline_exceeded"})
+TRUST_REASONS = frozenset({"signature_invalid", "key_untrusted", "approver_wrong_namespace",
+                           "approver_duplicate", "self_approval", "applier_approval",
+                           "approval_used", "spec_statement_mismatch", "statement_invalid",
+                           "manifest_mismatch", "requester_mismatch", "approval_immutable",
+                           "trust_store_invalid", "namespace_mismatch"})
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    outcome: Outcome
+    code: str  # primary reason code
+    detail: str
+    reasons: tuple[Problem, ...]
+    message: str  # the denial text (empty when allowed)
+    warnings: tuple[str, ...]
+    audit: MappingProxyType[str, str]
+    kind: str
+    operation: str
+    namespace: str
+    from_digest: str = "none"
+    to_digest: str = "none"
+    approvals: str = ""
+    record: str = ""
+    approval: str = ""
+    approvers: tuple[str, ...] = ()
+    break_glass: bool = False
+    signature_results: tuple[str, ...] = ()
+    policy_change: bool | None = None  # namespace guard: loosening seen (allowed?)
+    config_change: tuple[str, bool] | None = None  # (config name, loosened)
+    dry_run: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.allowed else 1
+
+
+def machine_line(op: str, old: str, new: str, approvals: str, record: str) -> str:
+    return (f"changegate: op={op} from={old} to={new} approvals={approvals} "
+            f"record={record or 'none'}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 3] + "..."
+
+
+@dataclass
+class Verdict:
+    allowed: bool = False
+    code: str = ""
+    detail: str = ""
+    kind: str = ""
+    settings: NamespaceSettings | None = None
+    warnings: list[str] = field(default_factory=list)
+    extra: list[Problem] = field(default_factory=list)
+    from_digest: str = "none"
+    to_digest: str = "none"
+    approval: str = ""
+    approvers: frozenset[str] = frozenset()
+    approvals: int = 0
+    record: str = ""
+    nonce: str = ""
+    image_tags: list[str] = field(default_factory=list)
+    break_glass: bool = False
+    signature_results: tuple[str, ...] = ()
+    policy_change: bool | None = None
+    config_change: tuple[str, bool] | None = None
+
+    @classmethod
+    def allow(cls, code: str, detail: str) -> Verdict:
+        return cls(allowed=True, code=code, detail=detail)
+
+    @classmethod
+    def deny(cls, code: str, detail: str) -> Verdict:
+        return cls(allowed=False, code=code, detail=detail)
+
+    def set_allow(self, code: str, detail: str) -> Verdict:
+        self.allowed, self.code, self.detail = True, code, detail
+        return self
+
+    def set_deny(self, code: str, detail: str) -> Verdict:
+        self.allowed, self.code, self.detail = False, code, detail
+        return self
+
+    def finish(self, req: AdmissionRequest, snap: Snapshot) -> Decision:
+        from changegate.core.guide import next_step
+
+        required = self.settings.required_approvals if self.settings else (
+            snap.policy.requiredApprovals if snap.policy else 2)
+        approvals = f"{self.approvals}/{required}"
+        line = machine_line(req.operation, self.from_digest, self.to_digest, approvals,
+                            self.record)
+        what = f"{req.operation} {self.kind or req.kind} {req.namespace}/{req.name}".replace(
+            " /", " ")
+        outcome: Outcome = "allowed" if self.allowed else (
+            "error" if self.code in WEBHOOK_FAULTS else "denied")
+        warnings = list(self.warnings)
+        message = ""
+        audit = {"changegate.io/decision": f"{outcome}:{self.code}"}
+        if self.record:
+            audit["changegate.io/change-record"] = self.record
+        if self.approval:
+            audit["changegate.io/approval"] = f"{req.namespace}/{self.approval}"
+        if self.approvers and self.allowed:
+            audit["changegate.io/approvers"] = ",".join(sorted(self.approvers))
+        if self.kind:
+            audit["changegate.io/from"] = self.from_digest
+            audit["changegate.io/to"] = self.to_digest
+        allowed = self.allowed
+        if self.allowed:
+            warnings.extend(f"changegate: image {t} is not pinned by digest; the approval "
+                            "covers the tag, not the image" for t in self.image_tags)
+        else:
+            lines = [f"changegate: {what} denied: {self.detail}",
+                     f"  reason: {self.code}"]
+            lines.extend(f"  also: {p.code}: {p.detail}" for p in self.extra[:4])
+            if self.kind:
+                lines += [f"  from: {self.from_digest}", f"  to:   {self.to_digest}"]
+            step = next_step(self.code, req, self)
+            if step:
+                lines.append(f"  next: {step}")
+            lines.append(line)
+            message = "\n".join(lines)
+            mode = self.settings.mode if self.settings else "deny"
+            dry = req.dry_run and (snap.policy is None or snap.policy.dryRun == "warn")
+            if self.code not in WEBHOOK_FAULTS and (dry or mode == "warn"):
+                prefix = "changegate: would DENY:" if dry else "changegate: would DENY (warn):"
+                warnings = [_cut(f"{prefix} {self.code}: {self.detail}")]
+                if self.kind:
+                    warnings += [f"changegate: from {self.from_digest}",
+                                 f"changegate: to {self.to_digest}"]
+                if step:
+                    warnings.append(_cut(f"changegate: next: {step}"))
+                warnings.append(line)
+                outcome, allowed, message = "warned", True, ""
+                audit["changegate.io/decision"] = f"warned:{self.code}"
+        if req.dry_run and allowed and outcome == "allowed":
+            warnings = []  # a dry-run that would pass stays silent: --warnings-as-errors works
+        return Decision(
+            allowed=allowed, outcome=outcome, code=self.code, detail=self.detail,
+            reasons=(Problem(self.code, self.detail), *self.extra), message=message,
+            warnings=tuple(_cut(w) for w in warnings), audit=MappingProxyType(audit),
+            kind=self.kind or req.kind, operation=req.operation, namespace=req.namespace,
+            from_digest=self.from_digest, to_digest=self.to_digest, approvals=approvals,
+            record=self.record, approval=self.approval, approvers=tuple(sorted(self.approvers)),
+            break_glass=self.break_glass, signature_results=self.signature_results,
+            policy_change=self.policy_change, config_change=self.config_change,
+            dry_run=req.dry_run)
