@@ -133,4 +133,16 @@ def trust_entry_yaml(name: str, public_pem: str, namespaces: list[str] | None = 
     """The trust-store entry `changegate keygen` prints for an administrator to add."""
     entry = {"name": name, "role": "approver", "namespaces": namespaces or ["*"],
              "keys": [public_pem]}
-    return yaml.safe_dump({"approvers": [entry]}, sort_keys=False)
+    return yaml.dump({"approvers": [entry]}, Dumper=_BlockDumper, sort_keys=False)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes PEM blocks as YAML literal blocks (``|``), the way people paste them."""
+
+
+def _str_block(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str_block)
