@@ -62,7 +62,7 @@ def decode_statement(spec: Mapping[str, Any]) -> bytes:
 
 def spec_mismatches(spec: Mapping[str, Any], statement: Statement, namespace: str) -> list[str]:
     """Fields where the CR says something other than what was signed."""
-    pred = statement.predicate.model_dump(exclude_none=True)
+    pred = statement.predicate.model_dump(exclude_unset=True, exclude_none=True)
     wrong = [f for f in SPEC_FIELDS if _normal(spec.get(f)) != _normal(pred.get(f))]
     target = dict(pred["target"])
     if target.pop("namespace") != namespace:
