@@ -1,0 +1,454 @@
+"""A real Kubernetes control plane for tests: etcd + kube-apiserver (+ kube-controller-manager)
+on 127.0.0.1, built from pinned Go modules by build.sh. envtest's approach, in Python.
+
+Two flavours share one interface (`kubectl(user, ...)`, `apply`, `create_namespace`):
+- `Cluster`: starts its own processes, makes its own CA, one client certificate per user and a
+  pod-bound token for the GitOps service account, so the API server authenticates every user
+  for real (userInfo.extra carries the credential id, exactly as in production).
+- `ExternalCluster`: an existing cluster from KUBECONFIG, admin only; users are impersonated
+  (`--as/--as-group`), which yields the same username/groups but no `extra`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .certs import CertificateAuthority, KeyPair, service_account_keys
+
+HERE = Path(__file__).resolve().parent
+BUILD_SH = HERE / "build.sh"
+
+# The story cast (client certificate: CN = user, O = groups). admin bypasses RBAC.
+USERS: dict[str, tuple[str, ...]] = {
+    "admin": ("system:masters",),
+    "alice": ("dev-team",),
+    "bob": (),
+    "carol": ("approvers",),
+    "dana": ("sre-oncall",),
+}
+EDITORS = ("alice", "bob", "carol", "dana")
+# The GitOps identity, as Argo CD's application controller appears to the API server.
+GITOPS = "gitops"
+GITOPS_NAMESPACE = "argocd"
+GITOPS_SERVICE_ACCOUNT = "argocd-application-controller"
+GITOPS_POD = "argocd-application-controller-0"
+GITOPS_USER = f"system:serviceaccount:{GITOPS_NAMESPACE}:{GITOPS_SERVICE_ACCOUNT}"
+EDITOR_ROLE = "changegate-tier1-editor"
+
+READY_TIMEOUT = 120.0  # small CI runners need far more than envtest's 20 s default
+KCM_CONTROLLERS = (
+    "deployment-controller,replicaset-controller,serviceaccount-controller,"
+    "namespace-controller,garbage-collector-controller"
+)
+# Audit every write at Metadata level: that is where the API server records a webhook's
+# auditAnnotations and, for impersonated requests, the real caller.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "None", "verbs": ["get", "list", "watch"]}, {"level": "Metadata"}],
+}
+
+
+class GoMissing(RuntimeError):
+    """Go is not installed and the control-plane binaries are not in the cache."""
+
+
+def ensure_binaries() -> Path:
+    """Run build.sh (a no-op when the binaries are cached) and return their directory."""
+    # stderr is inherited on purpose: a cold build takes many minutes and should say so.
+    proc = subprocess.run(["bash", str(BUILD_SH)], stdout=subprocess.PIPE, text=True, check=False)
+    if proc.returncode == 3:
+        raise GoMissing("install Go >= 1.26 to build the test control plane, or set KUBECONFIG")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{BUILD_SH} failed with exit code {proc.returncode}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    # The port could in theory be taken between close() and the server's bind(); on a
+    # loopback-only test machine that race has not been worth a retry loop.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGKILL it when the test process dies, so
+    even a SIGKILLed pytest leaves no etcd/apiserver behind (atexit would not run then)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class _Kube:
+    """What tests use, for both flavours: kubectl as a user, and small setup helpers."""
+
+    kubectl_bin: str
+    local = False  # True when the API server runs here and can call a webhook on 127.0.0.1
+
+    def kubectl_argv(self, user: str) -> list[str]:
+        raise NotImplementedError
+
+    def kubectl(
+        self, user: str, *args: str, input: str | None = None, timeout: float = 60, check=False
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*self.kubectl_argv(user), *args],
+            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} as {user}: {proc.stderr.strip()}")
+        return proc
+
+    def apply(self, *objects: dict[str, Any], user: str = "admin") -> None:
+        """Server-side apply as the test harness: idempotent and leaves no last-applied
+        annotation, so it never looks like a user's `kubectl apply`."""
+        body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+        self.kubectl(user, "apply", "--server-side", "--field-manager=changegate-tests",
+                     "--force-conflicts", "-f", "-", input=body, check=True)
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        """A namespace where the story cast may edit (RoleBinding to EDITOR_ROLE)."""
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": name, "labels": labels or {}}},
+            _editor_binding(name),
+        )
+
+    def _setup_identities(self) -> None:
+        self.apply(*yaml.safe_load_all((HERE / "rbac.yaml").read_text()))
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GITOPS_NAMESPACE}},
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": GITOPS_SERVICE_ACCOUNT, "namespace": GITOPS_NAMESPACE}},
+        )
+
+
+def _editor_binding(namespace: str) -> dict[str, Any]:
+    subjects: list[dict[str, str]] = [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": u} for u in EDITORS
+    ]
+    subjects.append(
+        {"kind": "ServiceAccount", "name": GITOPS_SERVICE_ACCOUNT, "namespace": GITOPS_NAMESPACE}
+    )
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": EDITOR_ROLE, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": EDITOR_ROLE},
+        "subjects": subjects,
+    }
+
+
+class ExternalCluster(_Kube):
+    """A cluster someone else runs (KUBECONFIG). Users are impersonated by the admin."""
+
+    def __init__(self, kubeconfig: str | Path, kubectl_bin: str | None = None) -> None:
+        self.admin_kubeconfig = Path(kubeconfig)
+        found = kubectl_bin or shutil.which("kubectl")
+        if not found:
+            raise RuntimeError("KUBECONFIG is set but no kubectl is on PATH")
+        self.kubectl_bin = found
+        self.kubeconfigs = {"admin": self.admin_kubeconfig}
+
+    def kubectl_argv(self, user: str) -> list[str]:
+        argv = [self.kubectl_bin, "--kubeconfig", str(self.admin_kubeconfig)]
+        if user == GITOPS:
+            # Without --as-group the API server adds the service account's own groups.
+            return [*argv, "--as", GITOPS_USER]
+        if user != "admin":
+            argv += ["--as", user, *(f"--as-group={g}" for g in USERS[user])]
+        return argv
+
+    def start(self) -> ExternalCluster:
+        self._setup_identities()
+        return self
+
+    def stop(self) -> None:
+        """Nothing to stop; what the tests created stays (namespaces are the tests' business)."""
+
+
+class Cluster(_Kube):
+    """etcd + kube-apiserver (+ kube-controller-manager) on loopback. Use as a context manager
+    or call start()/stop(); stop() also runs at exit and on any failure inside start()."""
+
+    local = True
+
+    def __init__(self, *, controller_manager: bool = False, workdir: Path | None = None,
+                 keep_workdir: bool = False) -> None:
+        self.with_controller_manager = controller_manager
+        self._workdir_arg = workdir
+        self.keep_workdir = keep_workdir
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.kubeconfigs: dict[str, Path] = {}
+        self.startup_seconds: float | None = None
+
+    # -- the public surface -------------------------------------------------------------
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.kubeconfigs["admin"]
+
+    def kubectl_argv(self, user: str) -> list[str]:
+        return [self.kubectl_bin, "--kubeconfig", str(self.kubeconfigs[user])]
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Cluster:
+        began = time.monotonic()
+        self.bin_dir = ensure_binaries()
+        self.kubectl_bin = str(self.bin_dir / "kubectl")
+        atexit.register(self.stop)
+        try:
+            self._prepare_files()
+            self._start_etcd()
+            self._start_apiserver()
+            self._write_user_kubeconfigs()
+            self._setup_identities()
+            self._setup_gitops_token()
+            if self.with_controller_manager:
+                self._start_controller_manager()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        """Stop everything we started, newest first; idempotent."""
+        atexit.unregister(self.stop)
+        while self._procs:
+            proc = self._procs.pop()
+            if proc.poll() is None:
+                # Each server runs in its own process group: signal the group, not the pid.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        workdir = getattr(self, "workdir", None)
+        if workdir is not None and not self.keep_workdir and self._workdir_arg is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- steps --------------------------------------------------------------------------
+    def _prepare_files(self) -> None:
+        if self._workdir_arg is not None:
+            self.workdir = self._workdir_arg
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="changegate-cluster-"))
+        pki = self.workdir / "pki"
+        pki.mkdir(exist_ok=True)
+        self.ca = CertificateAuthority(pki)
+        self.apiserver_cert = self.ca.serving("apiserver", dns_names=("localhost",))
+        # For a test webhook on https://127.0.0.1:<port>: its caBundle is the cluster CA.
+        self.webhook_cert = self.ca.serving("webhook")
+        self.client_certs: dict[str, KeyPair] = {
+            user: self.ca.client(user, groups) for user, groups in USERS.items()
+        }
+        self.sa_pub, self.sa_key = service_account_keys(pki)
+        self.audit_log = self.workdir / "audit.log"
+        (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self._procs.append(proc)
+        return proc
+
+    def _wait(self, name: str, proc: subprocess.Popen[bytes], ready, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; log tail:\n"
+                                   + _tail(self.workdir / f"{name}.log"))
+            with contextlib.suppress(OSError):  # refused, reset, TLS not up yet, HTTP errors
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready after {timeout:.0f} s; log tail:\n"
+                                   + _tail(self.workdir / f"{name}.log"))
+            time.sleep(0.2)
+
+    def _start_etcd(self) -> None:
+        port, peer = free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{port}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        proc = self._spawn("etcd", [
+            str(self.bin_dir / "etcd"),
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            "--unsafe-no-fsync=true",  # test data: durability buys nothing, fsync costs seconds
+        ])
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=2) as r:
+                return json.load(r).get("health") == "true"
+
+        self._wait("etcd", proc, healthy, timeout=30)
+
+    def _start_apiserver(self) -> None:
+        port = free_port()
+        self.url = f"https://127.0.0.1:{port}"
+        args = [
+            str(self.bin_dir / "kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={port}",
+            # Without it the server looks for a default route and dies where there is none...
+            "--advertise-address=127.0.0.1",
+            # ...and with it 1.37 refuses to publish a loopback IP as the endpoint of the
+            # `kubernetes` Service ("may not be in the loopback range"). No pod needs it here.
+            "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={self.apiserver_cert.cert}",
+            f"--tls-private-key-file={self.apiserver_cert.key}",
+            f"--client-ca-file={self.ca.pair.cert}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",  # default /var/run/kubernetes
+            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-account-issuer={self.url}",
+            f"--service-account-key-file={self.sa_pub}",
+            f"--service-account-signing-key-file={self.sa_key}",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log}",
+        ]
+        if not self.with_controller_manager:
+            # Nothing creates the `default` ServiceAccount then, and this plugin would refuse
+            # every Pod for lacking it.
+            args.append("--disable-admission-plugins=ServiceAccount")
+        proc = self._spawn("kube-apiserver", args)
+
+        # Probe as admin: system:masters passes authorization even before the RBAC bootstrap
+        # roles exist, so the first 200 means "ready", not "anonymous got lucky".
+        admin = self.client_certs["admin"]
+        ctx = ssl.create_default_context(cafile=str(self.ca.pair.cert))
+        ctx.load_cert_chain(str(admin.cert), str(admin.key))
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.url}/readyz", context=ctx, timeout=5) as r:
+                return r.status == 200
+
+        self._wait("kube-apiserver", proc, ready, timeout=READY_TIMEOUT)
+
+    def _kubeconfig(self, user: str, auth: dict[str, str]) -> Path:
+        config = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "changegate-test", "cluster": {
+                "server": self.url,
+                "certificate-authority-data": _b64(self.ca.pair.cert_pem()),
+            }}],
+            "users": [{"name": user, "user": auth}],
+            "contexts": [{"name": user, "context": {"cluster": "changegate-test", "user": user}}],
+            "current-context": user,
+        }
+        path = self.workdir / f"{user}.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        self.kubeconfigs[user] = path
+        return path
+
+    def _write_user_kubeconfigs(self) -> None:
+        for user, pair in self.client_certs.items():
+            self._kubeconfig(user, {
+                "client-certificate-data": _b64(pair.cert_pem()),
+                "client-key-data": _b64(pair.key_pem()),
+            })
+
+    def _setup_gitops_token(self) -> None:
+        """A token bound to a Pod, as Argo CD's controller gets from its projected volume, so
+        the API server adds the pod name/uid to userInfo.extra like it does in production.
+        The Pod stays Pending forever (no scheduler, no node); it only has to exist."""
+        self.apply({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": GITOPS_POD, "namespace": GITOPS_NAMESPACE},
+            "spec": {"serviceAccountName": GITOPS_SERVICE_ACCOUNT,
+                     "containers": [{"name": "controller", "image": "registry.invalid/argocd:0"}]},
+        })
+        token = self.kubectl(
+            "admin", "create", "token", GITOPS_SERVICE_ACCOUNT, "-n", GITOPS_NAMESPACE,
+            "--bound-object-kind=Pod", f"--bound-object-name={GITOPS_POD}", "--duration=24h",
+            check=True,
+        ).stdout.strip()
+        self._kubeconfig(GITOPS, {"token": token})
+
+    def _start_controller_manager(self) -> None:
+        port = free_port()
+        admin = str(self.admin_kubeconfig)
+        proc = self._spawn("kube-controller-manager", [
+            str(self.bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={admin}",
+            f"--authentication-kubeconfig={admin}", f"--authorization-kubeconfig={admin}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={port}",
+            f"--controllers={KCM_CONTROLLERS}",
+            f"--service-account-private-key-file={self.sa_key}",
+            f"--root-ca-file={self.ca.pair.cert}",
+            # One token per controller, as kubeadm runs it: writes show up as
+            # system:serviceaccount:kube-system:<controller>, which is what a webhook sees live.
+            "--use-service-account-credentials=true",
+        ])
+        # Its serving cert is self-signed in memory; /healthz is always allowed.
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+
+        def healthy() -> bool:
+            url = f"https://127.0.0.1:{port}/healthz"
+            with urllib.request.urlopen(url, context=insecure, timeout=5) as r:
+                return r.status == 200
+
+        self._wait("kube-controller-manager", proc, healthy, timeout=60)
+
+    def logs(self, name: str = "kube-apiserver", lines: int = 60) -> str:
+        return _tail(self.workdir / f"{name}.log", lines)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def export_lines(cluster: Cluster, users: Iterable[str] | None = None) -> list[str]:
+    """Shell lines that point kubectl at the cluster (used by `python -m tests.cluster up`)."""
+    lines = [f"export KUBECONFIG={cluster.admin_kubeconfig}"]
+    for user in users or cluster.kubeconfigs:
+        if user != "admin":
+            lines.append(f"# {user}: kubectl --kubeconfig {cluster.kubeconfigs[user]}")
+    return lines
