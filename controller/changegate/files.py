@@ -44,7 +44,8 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for doc in _unroll(docs):
         if not isinstance(doc, dict):
-            raise ChangeGateError(f"{path}: expected Kubernetes objects, found {type(doc).__name__}")
+            found = type(doc).__name__
+            raise ChangeGateError(f"{path}: expected Kubernetes objects, found {found}")
         out.append(doc)
     return out
 

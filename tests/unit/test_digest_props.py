@@ -68,7 +68,7 @@ def test_volatile_metadata_and_status_do_not_change_the_digest(field, value):
     assert digest(obj) == before
 
 
-@given(st.sampled_from(sorted(DEFAULT_IGNORED_ANNOTATIONS) + ["changegate.io/anything"]),
+@given(st.sampled_from([*sorted(DEFAULT_IGNORED_ANNOTATIONS), "changegate.io/anything"]),
        st.text(max_size=20))
 def test_ignored_annotations_do_not_change_the_digest(key, value):
     obj = deployment()

@@ -136,8 +136,9 @@ def test_policy_changes_are_classified(old, new, loosened):
 
 
 def test_a_policy_typo_is_refused():
-    decision = run(cfg_review("changegate-policy", "policy.yaml", ADMIN, ADMIN + "\nrequiredAprovals: 1",
-                              user="pat", groups=["platform-admins"]), policy=ADMIN)
+    typo = ADMIN + "\nrequiredAprovals: 1"
+    decision = run(cfg_review("changegate-policy", "policy.yaml", ADMIN, typo, user="pat",
+                              groups=["platform-admins"]), policy=ADMIN)
     assert not decision.allowed and "requiredAprovals" in decision.message
 
 

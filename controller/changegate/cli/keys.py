@@ -43,7 +43,7 @@ def keygen(name: str, out: str, algorithm: str, namespaces: tuple[str, ...],
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key.pem(passphrase))
-    os.chmod(path, 0o600)
+    path.chmod(0o600)
     click.echo(f"# private key written to {path} (mode 0600); keyid {key.public.keyid}", err=True)
     click.echo("# add this entry to the trust store (approvers.yaml):", err=True)
     click.echo(trust_entry_yaml(name, key.public.pem(), list(namespaces) or None), nl=False)

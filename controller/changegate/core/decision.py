@@ -41,7 +41,7 @@ class Context:
     """Per-call helpers: the memo survives across calls, the rest is per request."""
 
     memo: VerificationMemo = field(default_factory=VerificationMemo)
-    digests: dict[tuple[str, str, str, bool], str] = field(default_factory=dict)
+    digests: dict[tuple[object, ...], str] = field(default_factory=dict)
 
 
 _DEFAULT_CONTEXT = Context()
@@ -189,7 +189,7 @@ def _find_approval(change: Change, snap: Snapshot, policy: Policy, settings: Nam
         verified = _verified(obj, snap, policy, ctx)
         result = _fit(obj, verified, change, snap, policy, settings, now)
         if result.ok and change.operation != "DELETE":
-            got = manifest_digest(obj.spec, policy.view_rules, autoscaled)
+            got = _manifest_digest(obj, policy, autoscaled, ctx)
             if got != change.to_digest:
                 result.problems.append(Problem(
                     "manifest_mismatch", f"approval {obj.name}'s manifest is not what it signed"))
@@ -201,6 +201,19 @@ def _find_approval(change: Change, snap: Snapshot, policy: Policy, settings: Nam
         if result.ok:
             return result, fits
     return None, fits
+
+
+def _manifest_digest(obj: ApprovalObject, policy: Policy, autoscaled: bool, ctx: Context
+                     ) -> str | None:
+    """Memoized per approval version: the manifest cannot change under a resourceVersion."""
+    key = ("manifest", obj.uid, obj.resource_version, str(id(policy.view_rules)), autoscaled)
+    if not (obj.uid and obj.resource_version):
+        return manifest_digest(obj.spec, policy.view_rules, autoscaled)
+    found = ctx.digests.get(key)
+    if found is None:
+        found = manifest_digest(obj.spec, policy.view_rules, autoscaled) or ""
+        ctx.digests[key] = found
+    return found or None
 
 
 def _verified(obj: ApprovalObject, snap: Snapshot, policy: Policy, ctx: Context
@@ -230,7 +243,7 @@ def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: P
                   settings: NamespaceSettings, now: datetime, ctx: Context) -> str:
     """SPEC §4 rule 6: a release goes in whole. Names the first sibling that is not ready."""
     for other in snap.approvals_in(winner.namespace):
-        if other.uid == winner.uid and other.name == winner.name or other.record_id != record:
+        if (other.uid == winner.uid and other.name == winner.name) or other.record_id != record:
             continue
         verified = _verified(other, snap, policy, ctx)
         st = verified.statement

@@ -215,7 +215,7 @@ def _policy_loosened(old: Policy, new: Policy) -> bool:
 
 def _trust_grants(text: str) -> set[tuple[str, str, str, str]]:
     store = load_trust_store(text)
-    return {(e.name, e.role, ns, k.key.keyid) for k in store.keys() for e in [k.approver]
+    return {(e.name, e.role, ns, k.key.keyid) for k in store.trusted_keys() for e in [k.approver]
             for ns in e.namespaces}
 
 

@@ -76,17 +76,18 @@ class ApprovalObject:
             phase=str((obj.get("status") or {}).get("phase") or ""),
         )
 
-    @property
-    def record_id(self) -> str:
-        record = self.spec.get("changeRecord")
-        return str(record.get("id", "")) if isinstance(record, dict) else ""
+    # Derived once here, not per request: the webhook scans these on every decision.
+    record_id: str = field(init=False, default="")
+    target_key: tuple[str, str] = field(init=False, default=("", ""))
 
-    @property
-    def target_key(self) -> tuple[str, str]:
+    def __post_init__(self) -> None:
+        record = self.spec.get("changeRecord")
         target = self.spec.get("target")
-        if not isinstance(target, dict):
-            return ("", "")
-        return (str(target.get("kind", "")), str(target.get("name", "")))
+        object.__setattr__(self, "record_id",
+                           str(record.get("id", "")) if isinstance(record, dict) else "")
+        object.__setattr__(self, "target_key", (
+            (str(target.get("kind", "")), str(target.get("name", "")))
+            if isinstance(target, dict) else ("", "")))
 
 
 @dataclass(frozen=True)

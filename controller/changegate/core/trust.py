@@ -53,7 +53,7 @@ class TrustStore:
     def __len__(self) -> int:
         return len(self._by_keyid)
 
-    def keys(self) -> Iterator[TrustedKey]:
+    def trusted_keys(self) -> Iterator[TrustedKey]:
         return iter(self._by_keyid.values())
 
     def by_keyid(self, keyid: str) -> TrustedKey | None:
