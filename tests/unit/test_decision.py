@@ -403,3 +403,24 @@ def test_verification_is_memoized_and_a_removed_key_stops_counting_at_once():
     without_carol = trust_yaml([{"name": "bob", "keys": [key("bob").public.pem()]}])
     decision = decide(req, snapshot(approval, trust=without_carol), NOW, ctx)
     assert not decision.allowed
+
+
+def test_applier_is_excluded_but_two_other_approvers_still_admit():
+    review = fixture("deployment-update")
+    review["request"]["userInfo"]["username"] = "bob"
+    decision = run(review, sign(approval_for(review), "bob", "carol", "erin"))
+    assert decision.allowed and decision.approvers == ("carol", "erin")
+
+
+def test_requester_signature_does_not_count_but_does_not_spoil_the_approval():
+    review = fixture("deployment-update")
+    approval = approval_for(review, requested_by="bob")
+    assert run(review, sign(approval, "bob", "carol")).code == "self_approval"
+    assert run(review, sign(approval, "bob", "carol", "erin")).allowed
+
+
+def test_a_forged_signature_spoils_the_whole_approval():
+    """SPEC §4 rule 1: each signature must verify. A forgery is never silently skipped."""
+    review = fixture("deployment-update")
+    decision = run(review, sign(forged(approval_for(review)), "erin"))
+    assert not decision.allowed and decision.code == "signature_invalid"

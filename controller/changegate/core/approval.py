@@ -253,18 +253,20 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     if not re.fullmatch(record_pattern, p.changeRecord.id):
         add(Problem("change_record_invalid", f"change record {p.changeRecord.id!r} does not "
                                              f"match {record_pattern}"))
+    # The applier, like the requester, never counts; the approval stays valid if enough
+    # others signed (SPEC §1: two approvers, neither of whom requested or applies it).
     approvers = verified.approvers - {change.applier}
-    if change.applier in verified.approvers and change.applier != p.requestedBy:
-        add(Problem("applier_approval", f"{change.applier} applies this change and cannot "
-                                        "also approve it"))
     result.approvers = approvers
     if len(approvers) < required:
-        dup = [q for q in verified.problems if q.code in ("approver_duplicate", "self_approval")]
+        excluded = [q for q in verified.problems
+                    if q.code in ("approver_duplicate", "self_approval")]
+        if change.applier in verified.approvers:
+            excluded.insert(0, Problem("applier_approval", f"{change.applier} applies this "
+                                                           "change and cannot also approve it"))
         detail = f"{len(approvers)}/{required} approvals"
-        if dup:
-            detail += " (" + "; ".join(q.detail for q in dup) + ")"
-        code = dup[0].code if dup else "approvals_insufficient"
-        add(Problem(code, detail))
+        if excluded:
+            detail += " (" + "; ".join(q.detail for q in excluded) + ")"
+        add(Problem(excluded[0].code if excluded else "approvals_insufficient", detail))
     return result
 
 
