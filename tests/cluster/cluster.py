@@ -55,9 +55,12 @@ GITOPS_USER = f"system:serviceaccount:{GITOPS_NAMESPACE}:{GITOPS_SERVICE_ACCOUNT
 EDITOR_ROLE = "changegate-tier1-editor"
 
 READY_TIMEOUT = 120.0  # small CI runners need far more than envtest's 20 s default
+# Enough for Deployments to get ReplicaSets (and Pending Pods), namespaces to delete, and the
+# per-namespace ConfigMap kube-root-ca.crt that every real cluster writes (a gated kind the
+# webhook must let its publisher write: SPEC §5 exemptWriters).
 KCM_CONTROLLERS = (
     "deployment-controller,replicaset-controller,serviceaccount-controller,"
-    "namespace-controller,garbage-collector-controller"
+    "namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller"
 )
 # Audit every write at Metadata level: that is where the API server records a webhook's
 # auditAnnotations and, for impersonated requests, the real caller.
