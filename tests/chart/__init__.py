@@ -1,0 +1,1 @@
+"""Tests of the Helm chart, its alerts and the image definition (charts/, Dockerfile)."""
