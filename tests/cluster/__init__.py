@@ -11,6 +11,7 @@ from .cluster import (
     ensure_binaries,
     free_port,
 )
+from .webhooks import probe_configmap, register_webhook, unregister_webhook, webhook_calls
 
 __all__ = [
     "GITOPS",
@@ -21,4 +22,8 @@ __all__ = [
     "GoMissing",
     "ensure_binaries",
     "free_port",
+    "probe_configmap",
+    "register_webhook",
+    "unregister_webhook",
+    "webhook_calls",
 ]

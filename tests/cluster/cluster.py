@@ -51,6 +51,7 @@ GITOPS = "gitops"
 GITOPS_NAMESPACE = "argocd"
 GITOPS_SERVICE_ACCOUNT = "argocd-application-controller"
 GITOPS_POD = "argocd-application-controller-0"
+GITOPS_NODE = "e2e-node-0"
 GITOPS_USER = f"system:serviceaccount:{GITOPS_NAMESPACE}:{GITOPS_SERVICE_ACCOUNT}"
 EDITOR_ROLE = "changegate-tier1-editor"
 
@@ -398,13 +399,16 @@ class Cluster(_Kube):
     def _setup_gitops_token(self) -> None:
         """A token bound to a Pod, as Argo CD's controller gets from its projected volume, so
         the API server adds the pod name/uid to userInfo.extra like it does in production.
-        The Pod stays Pending forever (no scheduler, no node); it only has to exist."""
-        self.apply({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": GITOPS_POD, "namespace": GITOPS_NAMESPACE},
-            "spec": {"serviceAccountName": GITOPS_SERVICE_ACCOUNT,
-                     "containers": [{"name": "controller", "image": "registry.invalid/argocd:0"}]},
-        })
+        The Pod stays Pending forever (nothing runs it); it only has to exist."""
+        # A Node object (no kubelet behind it) so the Pod is "scheduled" and the token also
+        # carries node-name/node-uid, as every pod-bound token in a real cluster does.
+        self.apply(
+            {"apiVersion": "v1", "kind": "Node", "metadata": {"name": GITOPS_NODE}},
+            {"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": GITOPS_POD, "namespace": GITOPS_NAMESPACE},
+             "spec": {"serviceAccountName": GITOPS_SERVICE_ACCOUNT, "nodeName": GITOPS_NODE,
+                      "containers": [{"name": "controller", "image": "registry.invalid/argocd"}]}},
+        )
         token = self.kubectl(
             "admin", "create", "token", GITOPS_SERVICE_ACCOUNT, "-n", GITOPS_NAMESPACE,
             "--bound-object-kind=Pod", f"--bound-object-name={GITOPS_POD}", "--duration=24h",

@@ -61,3 +61,25 @@ def register_webhook(
             raise TimeoutError(f"webhook {name} not called within {timeout:.0f} s of applying "
                                f"{vwc['metadata']['name']}")
         time.sleep(0.5)
+
+
+def unregister_webhook(
+    cluster: Any, vwc: dict[str, Any], *, probe: dict[str, Any], webhook: str | None = None,
+    user: str = "admin", timeout: float = 60.0,
+) -> None:
+    """Delete the configuration and return once the API server stops calling the entry, so a
+    stopped webhook with failurePolicy Fail cannot break whatever runs next."""
+    name = webhook or vwc["webhooks"][0]["name"]
+    cluster.kubectl("admin", "delete", "validatingwebhookconfiguration",
+                    vwc["metadata"]["name"], "--ignore-not-found", check=True)
+    body = json.dumps(probe)
+    deadline = time.monotonic() + timeout
+    while True:
+        before = webhook_calls(cluster, name)
+        cluster.kubectl(user, "create", "--dry-run=server", "-f", "-", input=body)
+        if webhook_calls(cluster, name) == before:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"webhook {name} still called {timeout:.0f} s after deleting "
+                               f"{vwc['metadata']['name']}")
+        time.sleep(0.5)
