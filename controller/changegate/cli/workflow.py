@@ -1,0 +1,186 @@
+"""`changegate request`, `approve`, `apply` (and, from workflow_view, `preflight`, `list`,
+`status`): the safe path made the easy path. A denied `kubectl apply` names the next
+command; these do the rest.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from changegate.cli.workflow_approve import approve
+from changegate.cli.workflow_common import Session, kube_options
+from changegate.cli.workflow_view import list_, preflight, status
+from changegate.client.approvals import (
+    check_produces,
+    get_approval,
+    live_state,
+    planned_write,
+    standing,
+    statement_of,
+)
+from changegate.client.request import (
+    create_approvals,
+    place,
+    plan_changes,
+    plan_prune,
+    plan_restart,
+    read_documents,
+)
+from changegate.client.site import load_trust
+from changegate.client.writes import (
+    AS_RETURNED,
+    CLIENT_SIDE,
+    RESTART,
+    SERVER_SIDE,
+    denials,
+)
+from changegate.core.errors import ChangeGateError
+from changegate.core.policy import parse_duration
+
+__all__ = ["apply_", "approve", "list_", "preflight", "request", "status"]
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def mode_of(server_side: bool, as_returned: bool) -> str:
+    if server_side and as_returned:
+        raise click.UsageError("--server-side and --as-returned exclude each other")
+    return SERVER_SIDE if server_side else AS_RETURNED if as_returned else CLIENT_SIDE
+
+
+def write_options(func: Any) -> Any:
+    """How the requester's tool writes: shared by request and preflight."""
+    func = click.option("--as-returned", is_flag=True,
+                        help="The files already are a server-side dry-run's output.")(func)
+    func = click.option("--force-conflicts", is_flag=True,
+                        help="With --server-side: take fields other managers own.")(func)
+    func = click.option("--field-manager", default="kubectl", show_default=True,
+                        help="With --server-side: the field manager the tool uses.")(func)
+    func = click.option("--server-side", is_flag=True,
+                        help="The tool writes by server-side apply (kubectl apply "
+                             "--server-side, Argo CD ServerSideApply, Flux).")(func)
+    return func
+
+
+@click.command()
+@click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True),
+              help="Manifests: files or directories (a Helm or kustomize render); repeatable.")
+@click.option("--record", required=True, help="Change record id, e.g. CHG-1234.")
+@click.option("--url", help="Link to the change record.")
+@click.option("--expires", "lifetime", default="4h", show_default=True, callback=_duration,
+              help="How long the approval stays valid (at most maxApprovalLifetime).")
+@click.option("--canary", is_flag=True, help="Roll Deployments out through a canary (SPEC §7).")
+@click.option("--canary-replicas", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--bake", "bake", default="5m", show_default=True, callback=_duration,
+              help="With --canary: how long the canary must stay healthy.")
+@write_options
+@click.option("--prune", is_flag=True, help="Also request the DELETEs `kubectl apply --prune "
+                                            "-l SELECTOR` would make.")
+@click.option("-l", "--selector", help="Label selector for --prune.")
+@click.option("--restart", "restart_target", metavar="deployment/NAME",
+              help="Request a restart of the live Deployment at a fixed time.")
+@kube_options
+def request(session: Session, files: tuple[str, ...], record: str, url: str | None,
+            lifetime: int, canary: bool, canary_replicas: int, bake: int, server_side: bool,
+            field_manager: str, force_conflicts: bool, as_returned: bool, prune: bool,
+            selector: str | None, restart_target: str | None) -> None:
+    """Request approval for the changes in FILES (or a restart), under one change record."""
+    mode = mode_of(server_side, as_returned)
+    if bool(files) == bool(restart_target):
+        raise click.UsageError("give -f FILE... or --restart deployment/NAME (one of them)")
+    if prune and not selector:
+        raise click.UsageError("--prune needs -l/--selector, like kubectl apply --prune")
+    api, site = session.api, session.site
+    if lifetime > site.max_lifetime:
+        raise ChangeGateError(f"--expires {timedelta(seconds=lifetime)} is over the cluster's "
+                              f"maxApprovalLifetime {timedelta(seconds=site.max_lifetime)}")
+    user, now = api.whoami()
+    if restart_target:
+        plan = plan_restart(api, site, session.namespace, restart_target, now)
+        mode = RESTART
+    else:
+        docs = read_documents(files)
+        for doc in docs:
+            place(doc, session.namespace, session.explicit_namespace)
+        plan = plan_changes(api, site, docs, mode=mode, field_manager=field_manager,
+                            force=force_conflicts)
+        if prune and selector:
+            namespaces = {str(d["metadata"]["namespace"]) for d in docs} or {session.namespace}
+            plan_prune(api, site, plan, docs, namespaces, selector)
+    for label in plan.not_gated:
+        click.echo(f"not gated: {label}")
+    for label in plan.unchanged:
+        click.echo(f"unchanged: {label}")
+    if not plan.changes:
+        click.echo("nothing to request: no gated object changes")
+        return
+    rollout: dict[str, Any] = {"strategy": "direct"}
+    if canary:
+        rollout = {"strategy": "canary",
+                   "canary": {"replicas": canary_replicas, "bakeSeconds": bake}}
+    created = create_approvals(api, site, plan, record=record, url=url, user=user, now=now,
+                               lifetime=timedelta(seconds=lifetime), rollout=rollout,
+                               mode=mode, field_manager=field_manager)
+    expires = (now + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    click.echo(f"requested by {user} under {record} for cluster {site.cluster or chr(34) * 2}, "
+               f"valid until {expires}:")
+    for name, change in created:
+        click.echo(f"  changeapproval/{name}  {change.operation} {change.target}  "
+                   f"{change.from_digest[:19]} -> {change.to_digest[:19]}")
+    click.echo(f"next: {site.required} approvers other than {user} run:")
+    for ns in sorted({c.namespace for _, c in created}):
+        click.echo(f"  changegate approve --record {record} -n {ns} --key <KEY>")
+    click.echo("then apply: " + "; ".join(
+        f"changegate apply {n} -n {c.namespace}" for n, c in created[:3])
+        + (" ..." if len(created) > 3 else "")
+        + (" (or your usual kubectl apply / helm upgrade)" if mode != RESTART else ""))
+
+
+@click.command("apply")
+@click.argument("name")
+@click.option("--dry-run", "dry_run_only", is_flag=True,
+              help="Check everything and dry-run the write, but do not write.")
+@kube_options
+def apply_(session: Session, name: str, dry_run_only: bool) -> None:
+    """Apply an approved ChangeApproval's manifest exactly as signed."""
+    api, site, ns = session.api, session.site, session.namespace
+    obj = get_approval(api, ns, name)
+    st = statement_of(obj)
+    p = st.predicate
+    user, now = api.whoami()
+    trust, why = load_trust(api, session.controller_namespace)
+    state = standing(api, site, obj, st, trust, now, applier=user)
+    if state.missing:
+        source = "" if trust is not None else f" (trust store: {why}; judged by status)"
+        raise ChangeGateError(f"{name} is not ready to apply{source}: "
+                              + "; ".join(state.missing))
+    live = live_state(api, site, st)
+    problems, warnings = check_produces(api, site, obj, st, live)
+    if problems:
+        raise ChangeGateError(f"{name} cannot be applied: " + "; ".join(problems))
+    denied = denials(warnings)
+    if denied:
+        raise ChangeGateError(f"the webhook would refuse {name}: " + " | ".join(denied))
+    target = f"{p.target.kind.lower()} {ns}/{p.target.name}"
+    if dry_run_only:
+        click.echo(f"{target}: dry-run ok, would produce {p.toDigest} (nothing written)")
+        return
+    write = planned_write(obj, st, live)
+    answer = write.send(api, dry_run=False)
+    for warning in answer.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    past = {"create": "created", "patch": "configured", "replace": "replaced",
+            "delete": "deleted", "apply": "serverside-applied"}[write.verb]
+    click.echo(f"{target} {past} ({p.operation} {p.fromDigest[:19]} -> {p.toDigest[:19]}) "
+               f"under {p.changeRecord.id}, approved by {', '.join(state.approvers) or '?'}")
+
+
+_ = (request, approve, apply_, preflight, list_, status)
