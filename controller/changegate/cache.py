@@ -1,0 +1,413 @@
+"""The webhook's state: list+watch through `kubernetes.aio` (KubeCache), or a directory
+(StaticSource, for `serve --static`). Both hand out the core's immutable Snapshot.
+
+Each watch event swaps in a new Snapshot; a request never waits for the cache, it decides
+on the snapshot it finds. Cost with 10,000 ChangeApprovals: an event rebuilds only its
+namespace's tuple and copies the outer namespace->tuple dict (one entry per namespace);
+every other tuple, the namespaces mapping, and the parsed trust store and policy are
+shared with the previous Snapshot. Manifests are kept only as far as the digest reads them
+(`compact_approval`), which is most of an approval's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from changegate import metrics
+from changegate.core.digest import DEFAULT_IGNORED_ANNOTATIONS, IGNORED_ANNOTATION_PREFIX
+from changegate.core.errors import ChangeGateError, PolicyError, TrustStoreError
+from changegate.core.policy import Policy, load_policy
+from changegate.core.snapshot import (
+    POLICY_KEY,
+    TRUST_KEY,
+    ApprovalObject,
+    NamespaceInfo,
+    ProcessConfig,
+    Snapshot,
+)
+from changegate.core.trust import TrustStore, load_trust_store
+from changegate.feeds import Feed, FeedError, FeedRunner, _message, _raw
+from changegate.files import snapshot_from_dir
+from changegate.kube import GROUP, PLURAL, VERSION
+
+log = logging.getLogger("changegate.cache")
+
+# Read-through (DESIGN.md): one namespace's ChangeApprovals, re-listed for a denial that a
+# just-created approval might turn. Concurrent misses in a namespace share one list; at
+# most READ_THROUGH_PARALLEL lists run at once, so a burst of denials cannot flood the API.
+READ_THROUGH_PARALLEL = 2
+READ_THROUGH_REUSE_SECONDS = 0.25  # a list this fresh is reused rather than repeated
+
+
+def _manifest_source(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The part of a manifest that core.digest.view() reads, and nothing else.
+
+    view() takes apiVersion, kind, metadata.{namespace,name,labels,annotations} and spec
+    (Deployment) or data/binaryData/immutable (ConfigMap); annotations the digest always
+    drops (the defaults, `changegate.io/*`) go too, the last-applied copy above all. So
+    manifest_digest() is unchanged (tests/integration/test_cache.py checks it) while
+    managedFields, status and the rest stop costing memory for every cached approval.
+    """
+    meta = manifest.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    out: dict[str, Any] = {k: manifest[k] for k in ("apiVersion", "kind", "spec", "data",
+                                                    "binaryData", "immutable") if k in manifest}
+    small: dict[str, Any] = {k: meta[k] for k in ("namespace", "name", "labels") if k in meta}
+    annotations = meta.get("annotations")
+    if isinstance(annotations, dict):
+        small["annotations"] = {
+            k: v for k, v in annotations.items()
+            if k not in DEFAULT_IGNORED_ANNOTATIONS and not str(k).startswith(
+                IGNORED_ANNOTATION_PREFIX)}
+    elif "annotations" in meta:
+        small["annotations"] = annotations
+    out["metadata"] = small
+    return out
+
+
+def compact_approval(obj: dict[str, Any]) -> ApprovalObject:
+    spec = obj.get("spec")
+    if isinstance(spec, dict) and isinstance(spec.get("manifest"), dict):
+        obj = {**obj, "spec": {**spec, "manifest": _manifest_source(spec["manifest"])}}
+    return ApprovalObject.from_object(obj)
+
+
+def _meta(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+class KubeCache:
+    """Watches ChangeApprovals, Namespaces, HPAs, and the controller namespace's ConfigMaps
+    (trust store, policy, ledger), and keeps `snapshot()` current."""
+
+    def __init__(self, api_client: Any, process: ProcessConfig, *,
+                 watch_seconds: tuple[int, int] | None = None) -> None:
+        from kubernetes.aio import client
+
+        self.api_client = api_client
+        self.process = process
+        self.custom = client.CustomObjectsApi(api_client)
+        core = client.CoreV1Api(api_client)
+        autoscaling = client.AutoscalingV2Api(api_client)
+        self._approvals: dict[str, dict[str, ApprovalObject]] = {}
+        # *_view: what snapshots hold. Replaced on change, never mutated once published.
+        self._approval_view: dict[str, tuple[ApprovalObject, ...]] = {}
+        self._ns_view: dict[str, NamespaceInfo] = {}
+        self._ledger_view: frozenset[str] = frozenset()
+        self._hpa_view: frozenset[tuple[str, str]] = frozenset()
+        self._namespaces: dict[str, NamespaceInfo] = {}
+        self._configmaps: dict[str, dict[str, Any]] = {}  # name -> data
+        self._ledger: dict[str, frozenset[str]] = {}
+        self._hpas: dict[tuple[str, str], tuple[str, str]] = {}
+        self._trust_text: str | None = None
+        self._policy_text: str | None = None
+        self._trust: TrustStore | None = None
+        self._policy: Policy | None = None
+        self._trust_error = self._policy_error = "not loaded yet"
+        self._snapshot = Snapshot(trust=None, policy=None, process=process, ready=False)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: dict[str, asyncio.Task[tuple[ApprovalObject, ...]]] = {}
+        self._fresh: dict[str, tuple[float, tuple[ApprovalObject, ...]]] = {}
+        self._read_slots = asyncio.Semaphore(READ_THROUGH_PARALLEL)
+        feeds = [
+            Feed("changeapprovals", self.custom.list_cluster_custom_object,
+                 (GROUP, VERSION, PLURAL), on_list=self._list_approvals,
+                 on_event=self._approval_event),
+            Feed("namespaces", core.list_namespace, on_list=self._list_namespaces,
+                 on_event=self._namespace_event),
+            Feed("configmaps", core.list_namespaced_config_map, (process.namespace,),
+                 on_list=self._list_configmaps, on_event=self._configmap_event),
+            Feed("horizontalpodautoscalers",
+                 autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces,
+                 on_list=self._list_hpas, on_event=self._hpa_event),
+        ]
+        extra = {"watch_seconds": watch_seconds} if watch_seconds else {}
+        self.runners = [FeedRunner(f, on_synced=self._synced, **extra) for f in feeds]
+
+    # -- StateSource ----------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return all(r.listed for r in self.runners)
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def not_ready_reason(self) -> str:
+        waiting = [r.feed.name for r in self.runners if not r.listed]
+        if not waiting:
+            return ""
+        errors = [f"{r.feed.name}: {r.last_error}" for r in self.runners
+                  if r.last_error and not r.listed]
+        return ("waiting for the first list of " + ", ".join(waiting)
+                + (f"; last error: {errors[0]}" if errors else ""))
+
+    async def read_through(self, namespace: str, timeout: float
+                           ) -> tuple[ApprovalObject, ...] | None:
+        loop = asyncio.get_running_loop()
+        fresh = self._fresh.get(namespace)
+        if fresh is not None and loop.time() - fresh[0] < READ_THROUGH_REUSE_SECONDS:
+            return fresh[1]
+        task = self._inflight.get(namespace)
+        if task is None:
+            task = asyncio.ensure_future(self._list_namespace(namespace, timeout))
+            self._inflight[namespace] = task
+            task.add_done_callback(lambda t: self._read_done(namespace, t))
+        try:
+            # shield: a caller that gives up must not cancel the list others wait for.
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - a failed read-through only means no retry
+            log.info("read-through failed", extra={"fields": {"namespace": namespace,
+                                                              "error": str(exc)[:200]}})
+            return None
+
+    def _read_done(self, namespace: str, task: asyncio.Task[Any]) -> None:
+        self._inflight.pop(namespace, None)
+        if not task.cancelled() and task.exception() is None:
+            self._fresh[namespace] = (asyncio.get_running_loop().time(), task.result())
+            if len(self._fresh) > 1000:  # bounded: one entry per namespace seen lately
+                self._fresh.clear()
+
+    async def _list_namespace(self, namespace: str, timeout: float
+                              ) -> tuple[ApprovalObject, ...]:
+        raw = _raw(self.custom.list_namespaced_custom_object)
+        async with self._read_slots:
+            response = await raw(GROUP, VERSION, namespace, PLURAL, _request_timeout=timeout)
+            try:
+                body = await response.read()
+                status = response.status
+            finally:
+                response.release()
+        if status != 200:
+            raise FeedError(f"HTTP {status}: {_message(body)}")
+        items = orjson.loads(body).get("items") or []
+        return tuple(compact_approval(o) for o in items)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._publish(gauges=True)
+        self._tasks = [asyncio.ensure_future(r.run()) for r in self.runners]
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._inflight.values()]:
+            task.cancel()
+        for task in [*self._tasks, *self._inflight.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
+                await task
+        self._tasks = []
+        await self.api_client.close()
+
+    def _synced(self) -> None:
+        if self.ready:
+            log.info("caches synced", extra={"fields": {
+                "changeapprovals": sum(len(v) for v in self._approvals.values()),
+                "namespaces": len(self._namespaces)}})
+        self._publish(gauges=True)
+
+    def _publish(self, *, gauges: bool = False) -> None:
+        self._snapshot = Snapshot(
+            trust=self._trust, policy=self._policy, process=self.process,
+            namespaces=self._ns_view, approvals=self._approval_view,
+            ledger=self._ledger_view, hpa_targets=self._hpa_view,
+            trust_error=self._trust_error, policy_error=self._policy_error,
+            ready=self.ready)
+        if gauges:
+            metrics.observe_snapshot(self._snapshot, synced=self.ready)
+
+    # -- ChangeApprovals ------------------------------------------------------------------
+    def _list_approvals(self, items: list[dict[str, Any]]) -> None:
+        previous = self._approvals
+        fresh: dict[str, dict[str, ApprovalObject]] = {}
+        for obj in items:
+            namespace, name = _meta(obj)
+            old = previous.get(namespace, {}).get(name)
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            keep = old if old is not None and old.resource_version == version else None
+            fresh.setdefault(namespace, {})[name] = keep or compact_approval(obj)
+        self._approvals = fresh
+        self._approval_view = {ns: tuple(d.values()) for ns, d in fresh.items()}
+        self._publish()
+
+    def _approval_event(self, kind: str, obj: dict[str, Any]) -> None:
+        namespace, name = _meta(obj)
+        bucket = self._approvals.setdefault(namespace, {})
+        if kind == "DELETED":
+            bucket.pop(name, None)
+        else:
+            bucket[name] = compact_approval(obj)
+        view = dict(self._approval_view)  # copy-on-write: old snapshots keep theirs
+        if bucket:
+            view[namespace] = tuple(bucket.values())
+        else:
+            view.pop(namespace, None)
+            self._approvals.pop(namespace, None)
+        self._approval_view = view
+        self._publish()
+
+    # -- Namespaces -----------------------------------------------------------------------
+    def _list_namespaces(self, items: list[dict[str, Any]]) -> None:
+        self._namespaces = {i.name: i for i in map(NamespaceInfo.from_object, items)}
+        self._ns_view = dict(self._namespaces)
+        self._publish(gauges=True)
+
+    def _namespace_event(self, kind: str, obj: dict[str, Any]) -> None:
+        info = NamespaceInfo.from_object(obj)
+        if kind == "DELETED":
+            self._namespaces.pop(info.name, None)
+        else:
+            self._namespaces[info.name] = info
+        self._ns_view = dict(self._namespaces)
+        self._publish(gauges=True)
+
+    # -- HPAs (autoscaled Deployments keep replicas out of the digest) --------------------
+    def _hpa_target(self, obj: dict[str, Any]) -> tuple[str, str] | None:
+        ref = (obj.get("spec") or {}).get("scaleTargetRef") or {}
+        if ref.get("kind") != "Deployment" or not ref.get("name"):
+            return None
+        return (_meta(obj)[0], str(ref["name"]))
+
+    def _list_hpas(self, items: list[dict[str, Any]]) -> None:
+        self._hpas = {}
+        for obj in items:
+            target = self._hpa_target(obj)
+            if target is not None:
+                self._hpas[_meta(obj)] = target
+        self._hpa_view = frozenset(self._hpas.values())
+        self._publish()
+
+    def _hpa_event(self, kind: str, obj: dict[str, Any]) -> None:
+        target = self._hpa_target(obj)
+        if kind == "DELETED" or target is None:
+            self._hpas.pop(_meta(obj), None)
+        else:
+            self._hpas[_meta(obj)] = target
+        self._hpa_view = frozenset(self._hpas.values())
+        self._publish()
+
+    # -- ConfigMaps in the controller namespace: trust store, policy, ledger --------------
+    def _relevant(self, name: str) -> bool:
+        p = self.process
+        return name in (p.trust_configmap, p.policy_configmap) or p.is_ledger(name)
+
+    def _list_configmaps(self, items: list[dict[str, Any]]) -> None:
+        self._configmaps = {name: obj.get("data") or {} for obj in items
+                            for name in [_meta(obj)[1]] if self._relevant(name)}
+        self._reload_config()
+
+    def _configmap_event(self, kind: str, obj: dict[str, Any]) -> None:
+        name = _meta(obj)[1]
+        if not self._relevant(name):
+            return
+        if kind == "DELETED":
+            self._configmaps.pop(name, None)
+        else:
+            self._configmaps[name] = obj.get("data") or {}
+        self._reload_config()
+
+    def _reload_config(self) -> None:
+        p = self.process
+        where = f"{p.namespace}/"
+        trust_cm = self._configmaps.get(p.trust_configmap)
+        trust_text = None if trust_cm is None else trust_cm.get(TRUST_KEY)
+        if trust_cm is None:
+            self._trust, self._trust_text = None, None
+            self._trust_error = f"trust store ConfigMap {where}{p.trust_configmap} not found"
+        elif trust_text is None:
+            self._trust, self._trust_text = None, None
+            self._trust_error = (f"trust store ConfigMap {where}{p.trust_configmap} has no key "
+                                 f"{TRUST_KEY}")
+        elif trust_text != self._trust_text:  # parse only what changed: keys cost to load
+            self._trust_text = trust_text
+            try:
+                self._trust, self._trust_error = load_trust_store(trust_text), ""
+            except TrustStoreError as exc:
+                self._trust, self._trust_error = None, str(exc)
+        policy_cm = self._configmaps.get(p.policy_configmap)
+        policy_text = None if policy_cm is None else policy_cm.get(POLICY_KEY)
+        if policy_cm is None or policy_text is None:
+            self._policy, self._policy_text = None, None
+            self._policy_error = (f"policy ConfigMap {where}{p.policy_configmap} "
+                                  + ("not found" if policy_cm is None else
+                                     f"has no key {POLICY_KEY}"))
+        elif policy_text != self._policy_text:
+            self._policy_text = policy_text
+            try:
+                self._policy, self._policy_error = load_policy(policy_text), ""
+            except PolicyError as exc:
+                self._policy, self._policy_error = None, str(exc)
+        nonces: set[str] = set()
+        for name, data in self._configmaps.items():
+            if p.is_ledger(name):
+                nonces.update(data)
+        self._ledger_view = frozenset(nonces)
+        self._publish(gauges=True)
+
+
+class StaticSource:
+    """`serve --static DIR`: the same Snapshot type, from files; reloaded when they change
+    (polled, like the TLS files), keeping the last good state if a new one does not load."""
+
+    ready = True
+
+    def __init__(self, directory: str, process: ProcessConfig, *, poll_seconds: float = 2.0):
+        self.directory = Path(directory)
+        self.process = process
+        self.poll_seconds = poll_seconds
+        self._seen = self._signature()
+        self._snapshot = snapshot_from_dir(self.directory, process)  # errors stop the start
+        self._publish()
+
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        files = sorted([*self.directory.glob("*.yaml"), *self.directory.glob("*.json")])
+        out = []
+        for path in files:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            out.append((path.name, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _publish(self) -> None:
+        metrics.observe_snapshot(self._snapshot, synced=True)
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def not_ready_reason(self) -> str:
+        return ""
+
+    async def read_through(self, namespace: str, timeout: float
+                           ) -> tuple[ApprovalObject, ...] | None:
+        return None  # the files are the whole truth
+
+    def check(self) -> bool:
+        seen = self._signature()
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        try:
+            self._snapshot = snapshot_from_dir(self.directory, self.process)
+        except ChangeGateError as exc:
+            log.warning("static state does not load, keeping the last good one",
+                        extra={"fields": {"error": str(exc)}})
+            return False
+        self._publish()
+        log.info("static state reloaded", extra={"fields": {"directory": str(self.directory)}})
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                self.check()
+            except Exception:  # keep serving the last state whatever happens here
+                log.exception("static reload failed")

@@ -1,0 +1,214 @@
+"""The admission webhook's HTTP side: `POST /validate` (HTTPS) and the probes and metrics
+(plain HTTP, second port). Everything it decides comes from the pure core's `decide()`.
+
+Fail closed, always with a reason: an exception, a cache not yet synced, or the internal
+deadline each answer a denial (reason codes `internal_error`, `cache_not_ready`,
+`deadline_exceeded`), never an allow. Only a body that is no AdmissionReview at all is
+answered with an HTTP error (400, 413): there is no uid to answer to, and the API server
+applies failurePolicy Fail to it.
+
+`decide()` runs inline on the event loop. It is synchronous and takes ~0.07 ms on the
+fixtures (bench/webhook_load.py measures it); a thread executor would add more than that
+per call for nothing, since the GIL keeps the work on one core either way. The deadline
+still holds: `asyncio.timeout` guards every await (body read, read-through), and the time
+is checked again after decide() returns, because a timeout cannot interrupt sync code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+from aiohttp import web
+
+from changegate import logs, metrics
+from changegate.config import ServeConfig
+from changegate.core.decision import Context, decide
+from changegate.core.errors import ReviewError
+from changegate.core.review import AdmissionRequest, build_response, parse_review
+from changegate.core.snapshot import ApprovalObject, Snapshot
+from changegate.core.verdict import Decision, Verdict
+
+log = logging.getLogger("changegate.webhook")
+
+# Denials that a ChangeApproval created a moment ago could turn into an allow: the only
+# ones worth one bounded read-through to the API server (DESIGN.md).
+READ_THROUGH_CODES = frozenset({"no_approval", "approvals_insufficient", "record_incomplete"})
+# At most this long for the read-through, and never closer than MARGIN to the deadline:
+# the answer itself (a denial, most likely) must still get out in time.
+READ_THROUGH_SECONDS = 1.5
+MARGIN_SECONDS = 0.5
+
+
+class StateSource(Protocol):
+    """What the webhook reads: the cache (kube watches) or a directory (--static)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def snapshot(self) -> Snapshot: ...
+
+    def not_ready_reason(self) -> str: ...
+
+    async def read_through(self, namespace: str, timeout: float
+                           ) -> tuple[ApprovalObject, ...] | None: ...
+
+
+def _key_set(approvals: tuple[ApprovalObject, ...]) -> frozenset[tuple[str, str]]:
+    return frozenset((a.uid, a.resource_version) for a in approvals)
+
+
+class Webhook:
+    def __init__(self, source: StateSource, config: ServeConfig, *,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.source = source
+        self.config = config
+        # One memo for the process: a ChangeApproval version is verified once, ever (per
+        # trust-store version), and an old object's digest is computed once per version.
+        self.context = Context()
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.read_throughs = 0
+
+    # -- POST /validate -----------------------------------------------------------------
+    async def validate(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        deadline_at = loop.time() + self.config.deadline_seconds
+        limit = self.config.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            metrics.observe_bad_request(time.perf_counter() - started)
+            raise web.HTTPRequestEntityTooLarge(max_size=limit,
+                                                actual_size=request.content_length)
+        try:
+            async with asyncio.timeout_at(deadline_at):
+                body = await request.read()  # client_max_size also stops chunked bodies
+        except web.HTTPRequestEntityTooLarge:
+            metrics.observe_bad_request(time.perf_counter() - started)
+            raise
+        except TimeoutError:
+            metrics.observe_bad_request(time.perf_counter() - started)
+            return web.Response(status=408, text="changegate: request body not received "
+                                                 "within the deadline\n")
+        try:
+            review = parse_review(orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
+            return self._bad_request(f"malformed JSON: {exc}", started)
+        except ReviewError as exc:
+            return self._bad_request(f"not an AdmissionReview: {exc}", started)
+        decision = await self._decide_guarded(review, deadline_at)
+        seconds = time.perf_counter() - started
+        body_out = self._response(review.uid, decision)
+        namespace = review.name if review.resource == "namespaces" else review.namespace
+        try:
+            metrics.observe_decision(decision, seconds, namespace=namespace)
+            logs.audit(decision, review, uid=review.uid, seconds=seconds)
+        except Exception:  # the answer is decided: a counting or logging bug must not undo it
+            log.exception("recording the decision failed", extra={"fields": {
+                "uid": review.uid, "decision": decision.outcome, "reason": decision.code}})
+        return web.Response(body=body_out, content_type="application/json")
+
+    def _bad_request(self, reason: str, started: float) -> web.Response:
+        metrics.observe_bad_request(time.perf_counter() - started)
+        log.warning("bad admission request", extra={"fields": {"error": reason[:300]}})
+        return web.Response(status=400, text=f"changegate: {reason}\n")
+
+    @staticmethod
+    def _response(uid: str, decision: Decision) -> bytes:
+        return orjson.dumps(build_response(
+            uid, allowed=decision.allowed, message=decision.message,
+            warnings=decision.warnings, audit=decision.audit))
+
+    async def _decide_guarded(self, review: AdmissionRequest, deadline_at: float) -> Decision:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline_at):
+                decision = await self._decide(review, deadline_at)
+        except TimeoutError:
+            return self.fault(review, "deadline_exceeded",
+                              f"no decision within the webhook's deadline of "
+                              f"{self.config.deadline_seconds:g} s")
+        except Exception:  # fail closed, and say so
+            log.exception("decision failed", extra={"fields": {"uid": review.uid}})
+            return self.fault(review, "internal_error",
+                              "the webhook failed while deciding (see its log); retry, and "
+                              "tell the changegate operators if it persists")
+        if loop.time() > deadline_at:
+            # decide() is synchronous: a timeout cannot cut it short, so check afterwards.
+            return self.fault(review, "deadline_exceeded",
+                              f"the decision took longer than the webhook's deadline of "
+                              f"{self.config.deadline_seconds:g} s")
+        return decision
+
+    async def _decide(self, review: AdmissionRequest, deadline_at: float) -> Decision:
+        if not self.source.ready:
+            return self.fault(review, "cache_not_ready",
+                              f"the webhook has not loaded its state yet "
+                              f"({self.source.not_ready_reason()}); retry in a few seconds")
+        snap = self.source.snapshot()
+        now = self.clock()
+        decision = decide(review, snap, now, self.context)
+        if decision.code in READ_THROUGH_CODES and decision.outcome != "allowed":
+            loop = asyncio.get_running_loop()
+            budget = min(READ_THROUGH_SECONDS, deadline_at - loop.time() - MARGIN_SECONDS)
+            if budget > 0.05:
+                fresh = await self.source.read_through(review.namespace, budget)
+                known = snap.approvals_in(review.namespace)
+                if fresh is not None and _key_set(fresh) != _key_set(known):
+                    # Only this decision sees the fresher list; the watch brings it to the
+                    # cache. Merging here could regress objects the watch already updated.
+                    self.read_throughs += 1
+                    overlay = dict(snap.approvals)
+                    overlay[review.namespace] = fresh
+                    decision = decide(review, dataclasses.replace(snap, approvals=overlay),
+                                      now, self.context)
+        return decision
+
+    def fault(self, review: AdmissionRequest, code: str, detail: str) -> Decision:
+        """A denial for the webhook's own failure, worded and shaped like any other."""
+        try:
+            snap = self.source.snapshot()
+        except Exception:  # the source itself is broken: still answer
+            log.exception("snapshot unavailable")
+            snap = Snapshot(trust=None, policy=None)
+        return Verdict.deny(code, detail).finish(review, snap)
+
+    # -- probes ---------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        # Ready also with an invalid trust store or policy (SPEC §5): this replica then
+        # denies gated changes with "configuration invalid" and the config guard can still
+        # admit the fix; taking it out of the Service would block that fix too.
+        if self.source.ready:
+            snap = self.source.snapshot()
+            note = f" (configuration invalid: {snap.config_error})" if snap.config_error else ""
+            return web.Response(text=f"ready{note}\n")
+        return web.Response(status=503, text=f"not ready: {self.source.not_ready_reason()}\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def make_app(webhook: Webhook) -> web.Application:
+    """The HTTPS app (served with the ReloadingCertificate's SSLContext)."""
+    # client_max_size makes request.read() refuse bodies over the limit with 413, also
+    # when they arrive chunked without a Content-Length.
+    app = web.Application(client_max_size=webhook.config.max_body_bytes)
+    app.router.add_post("/validate", webhook.validate)
+    return app
+
+
+def make_metrics_app(webhook: Webhook) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/metrics", webhook.metrics)
+    app.router.add_get("/healthz", webhook.healthz)
+    app.router.add_get("/readyz", webhook.readyz)
+    return app

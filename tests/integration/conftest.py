@@ -1,0 +1,145 @@
+"""A real `changegate serve` process over real TLS, and a client that trusts its test CA."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from tests.integration.fakeapi import free_port
+from tests.integration.tlsutil import TestCA
+from tests.support import FIXTURES, trust_yaml
+
+PAYMENTS = {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "payments", "labels": {"tier": "tier-1"}}}
+
+
+class Server:
+    """One `changegate serve` subprocess; its JSON log lines are in `log_path`."""
+
+    def __init__(self, args: list[str], workdir: Path, ca: TestCA, *, cert: Path, key: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        self.ca = ca
+        self.cert, self.key = cert, key
+        self.log_path = workdir / f"serve-{self.port}.log"
+        argv = [sys.executable, "-m", "changegate", "serve", "--address", "127.0.0.1",
+                "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                "--tls-cert", str(cert), "--tls-key", str(key), *args]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         env={**os.environ, **(env or {})})
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/validate"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.metrics_url + path, timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait(self, path: str = "/readyz", timeout: float = 20.0) -> Server:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                if self.get(path)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"serve not answering {path}:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def write_state(directory: Path, *objects: dict[str, Any], policy: str = "",
+                trust: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "trust.yaml").write_text(trust_yaml() if trust is None else trust)
+    (directory / "policy.yaml").write_text(policy)
+    (directory / "objects.yaml").write_text(yaml.safe_dump_all([PAYMENTS, *objects]))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def ca() -> TestCA:
+    return TestCA.create()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, ca: TestCA) -> Iterator[Any]:
+    started: list[Server] = []
+
+    def start(*args: str, wait: str | None = "/readyz", env: dict[str, str] | None = None,
+              cert: tuple[Path, Path] | None = None) -> Server:
+        cert_file, key_file = cert or ca.issue(tmp_path / f"tls-{len(started)}")[:2]
+        server = Server(list(args), tmp_path, ca, cert=cert_file, key=key_file, env=env)
+        started.append(server)
+        return server.wait(wait) if wait else server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def static_server(tmp_path: Path, start_server: Any) -> Any:
+    """serve --static with the default policy and the support trust store."""
+    return start_server("--static", str(write_state(tmp_path / "state")))
+
+
+@pytest.fixture
+async def client(ca: TestCA) -> Any:
+    connector = aiohttp.TCPConnector(ssl=ca.client_context())
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
+
+
+def fixture_names() -> list[str]:
+    return sorted(p.stem for p in FIXTURES.glob("*.json"))
+
+
+def client_tls(ca: TestCA) -> ssl.SSLContext:
+    return ca.client_context()

@@ -1,0 +1,149 @@
+"""The HTTP contract around decide(): bad bodies get 400/413 and the service keeps serving;
+a broken trust store keeps the replica ready but denying; a bad setting stops the start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.integration.conftest import write_state
+from tests.support import fixture, trust_yaml
+
+
+async def test_malformed_json_is_a_400_with_a_reason_and_the_next_request_works(
+        static_server, client):
+    async with client.post(static_server.url, data=b'{"apiVersion": ') as response:
+        assert response.status == 400
+        assert "malformed JSON" in await response.text()
+    async with client.post(static_server.url, json=fixture("deployment-update")) as response:
+        assert response.status == 200
+        assert (await response.json())["response"]["allowed"] is False
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda r: r.update(apiVersion="admission.k8s.io/v1beta1"), "expected apiVersion"),
+    (lambda r: r.update(kind="Review"), "kind AdmissionReview"),
+    (lambda r: r.pop("request"), "request is missing"),
+    (lambda r: r["request"].pop("uid"), "request.uid"),
+    (lambda r: r["request"].pop("userInfo"), "userInfo"),
+    (lambda r: r["request"].update(operation="PATCH"), "operation"),
+])
+async def test_a_body_that_is_no_admission_review_is_a_400_naming_the_problem(
+        static_server, client, mutate, reason):
+    review = fixture("deployment-update")
+    mutate(review)
+    async with client.post(static_server.url, json=review) as response:
+        assert response.status == 400
+        assert reason in await response.text()
+
+
+async def test_an_oversized_body_is_refused_with_413_and_the_service_keeps_serving(
+        tmp_path, start_server, client):
+    server = start_server("--static", str(write_state(tmp_path / "s")),
+                          "--max-body-bytes", "4096")
+    body = json.dumps(fixture("deployment-update")).encode()
+    assert len(body) > 4096
+    async with client.post(server.url, data=body) as response:
+        assert response.status == 413
+
+    async def chunks():  # no Content-Length: the limit must hold while reading, too
+        for i in range(0, len(body), 1000):
+            yield body[i:i + 1000]
+
+    async with client.post(server.url, data=chunks()) as response:
+        assert response.status == 413
+    small = fixture("deployment-delete")
+    small["request"]["oldObject"]["metadata"].pop("managedFields", None)
+    small["request"]["oldObject"]["metadata"]["annotations"] = {}
+    small["request"]["options"] = None
+    assert len(json.dumps(small)) < 4096
+    async with client.post(server.url, json=small) as response:
+        assert response.status == 200
+        assert (await response.json())["response"]["uid"] == small["request"]["uid"]
+
+
+def configmap_update(text: str, user_groups: list[str]) -> dict:
+    review = fixture("configmap-update")
+    req = review["request"]
+    req["namespace"] = req["object"]["metadata"]["namespace"] = "changegate"
+    req["oldObject"]["metadata"]["namespace"] = "changegate"
+    req["name"] = req["object"]["metadata"]["name"] = "changegate-trust"
+    req["oldObject"]["metadata"]["name"] = "changegate-trust"
+    req["oldObject"]["data"] = {"approvers.yaml": "approvers: [{broken"}
+    req["object"]["data"] = {"approvers.yaml": text}
+    req["userInfo"] = {"username": "pat", "groups": [*user_groups, "system:authenticated"]}
+    return review
+
+
+async def test_an_invalid_trust_store_keeps_the_replica_ready_denying_until_it_is_fixed(
+        tmp_path, start_server, client):
+    state = write_state(tmp_path / "s", trust="approvers: [{broken")
+    server = start_server("--static", str(state), "--policy-admin-groups", "platform-admins")
+    status, text = server.get("/readyz")
+    assert status == 200 and "configuration invalid" in text
+    async with client.post(server.url, json=fixture("deployment-update")) as response:
+        answer = (await response.json())["response"]
+    assert answer["allowed"] is False
+    assert "configuration invalid" in answer["status"]["message"]
+    assert answer["auditAnnotations"]["changegate.io/decision"] == "error:config_invalid"
+    dry = fixture("deployment-update-dryrun")  # a fault is never turned into a warning
+    async with client.post(server.url, json=dry) as response:
+        assert (await response.json())["response"]["allowed"] is False
+    # The config guard still judges the fix: a policy admin's valid trust store goes in...
+    async with client.post(server.url, json=configmap_update(trust_yaml(),
+                                                             ["platform-admins"])) as response:
+        fix = (await response.json())["response"]
+    assert fix["allowed"] is True, fix
+    # ...while the same fix by someone else, or a broken one by the admin, does not.
+    async with client.post(server.url, json=configmap_update(trust_yaml(), ["devs"])) as r:
+        assert (await r.json())["response"]["allowed"] is False
+    async with client.post(server.url, json=configmap_update("approvers: 3",
+                                                             ["platform-admins"])) as r:
+        assert (await r.json())["response"]["allowed"] is False
+    _, metrics = server.get("/metrics")
+    assert 'changegate_config_changes_total{config="trust",loosened="true"}' in metrics
+    assert "changegate_config_valid 0.0" in metrics
+
+
+async def test_sigterm_stops_the_server_cleanly(static_server):
+    assert static_server.stop() == 0
+
+
+@pytest.mark.parametrize(("args", "env", "needle"), [
+    (["--deadline-seconds", "0"], {}, "--deadline-seconds: must be a number"),
+    (["--max-body-bytes", "lots"], {}, "--max-body-bytes: must be an integer"),
+    ([], {"CHANGEGATE_DEADLINE_SECONDS": "99"}, "$CHANGEGATE_DEADLINE_SECONDS"),
+    (["--namespace", "Not_A_Namespace"], {}, "is not a namespace name"),
+    (["--operator-service-account", "bob"], {}, "system:serviceaccount:"),
+    (["--config", "CONFIG"], {}, "unknown setting 'deadline'"),
+    (["--static", "/nonexistent/dir"], {}, "not a directory"),
+])
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(tmp_path, ca, args, env, needle):
+    cert, key, _ = ca.issue(tmp_path)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"deadline": 3}))
+    args = [str(tmp_path / "config.yaml") if a == "CONFIG" else a for a in args]
+    if "--static" not in args:
+        args += ["--static", str(write_state(tmp_path / "s"))]
+    proc = subprocess.run([sys.executable, "-m", "changegate", "serve", "--tls-cert", str(cert),
+                           "--tls-key", str(key), "--port", "0", "--metrics-port", "0", *args],
+                          capture_output=True, text=True, timeout=30,
+                          env={**__import__("os").environ, **env})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_certificate_and_key_that_do_not_match_stop_the_start(tmp_path, ca):
+    cert, _, _ = ca.issue(tmp_path / "a")
+    _, other_key, _ = ca.issue(tmp_path / "b")
+    proc = subprocess.run([sys.executable, "-m", "changegate", "serve", "--tls-cert", str(cert),
+                           "--tls-key", str(other_key), "--static",
+                           str(write_state(tmp_path / "s"))],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "not a matching PEM certificate and key" in proc.stderr
