@@ -71,7 +71,7 @@ def key_problems(key: PrivateKey, trust: TrustStore | None, st: Statement, signe
                  ) -> list[str]:
     """Refusals the webhook would make about this key anyway; said before signing."""
     p = st.predicate
-    problems = []
+    problems: list[str] = []
     if signer == p.requestedBy:
         return [f"you ({signer}) requested this change: approvers other than the requester "
                 "must sign it"]

@@ -38,6 +38,9 @@ class Session:
         if self._api is None:
             from changegate.kube import sync_client
 
+            # kube.sync_client reports a missing file as "No configuration found": say which.
+            if self._kubeconfig and not Path(self._kubeconfig).exists():
+                raise ChangeGateError(f"kubeconfig {self._kubeconfig}: no such file")
             self._api = Api(sync_client(self._kubeconfig, self._context))
         return self._api
 
