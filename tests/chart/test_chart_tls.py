@@ -94,6 +94,8 @@ def test_notes_tell_the_next_steps():
     assert "trust store is empty" in text
     assert "trustStore:" in text
     assert "changegate request" in text and "changegate approve" in text
-    assert "kubectl delete validatingwebhookconfiguration changegate" in text
+    assert "kubectl delete validatingwebhookconfiguration" not in text  # the pre-delete Job
+    external = notes(ci_values()["externalurl-values.yaml"])
+    assert "kubectl delete validatingwebhookconfiguration changegate" in external
     with_approvers = notes(merged(CI_VALUES["ha-values.yaml"]))
     assert "trust store is empty" not in with_approvers

@@ -284,14 +284,39 @@ def test_upgrade_manages_the_configuration_as_a_normal_object_never_a_hook():
     objs = objects(DEFAULT, upgrade=True)
     vwc = one(objs, "ValidatingWebhookConfiguration")
     assert not any(k.startswith("helm.sh/hook") for k in vwc["metadata"]["annotations"])
-    assert "Job" not in {o["kind"] for o in objs}
+    assert "changegate-wait-webhook-ready" not in _job_names(objs)
 
 
 def test_register_after_ready_can_be_turned_off():
     objs = objects(merged(DEFAULT, {"webhook": {"registerAfterReady": False}}))
     vwc = one(objs, "ValidatingWebhookConfiguration")
     assert not any(k.startswith("helm.sh/hook") for k in vwc["metadata"]["annotations"])
-    assert "Job" not in {o["kind"] for o in objs}
+    assert "changegate-wait-webhook-ready" not in _job_names(objs)
+
+
+def _job_names(objs):
+    return {o["metadata"]["name"] for o in objs if o["kind"] == "Job"}
+
+
+def test_uninstall_deletes_the_configuration_before_the_webhook_goes():
+    objs = objects(DEFAULT)
+    job = one(objs, "Job", "changegate-uninstall")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    script = job["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert 'delete_validating_webhook_configuration("changegate")' in script
+    role = one(objs, "ClusterRole", "changegate-uninstall")
+    assert role["rules"] == [{"apiGroups": ["admissionregistration.k8s.io"],
+                              "resources": ["validatingwebhookconfigurations"],
+                              "resourceNames": ["changegate"], "verbs": ["delete"]}]
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Job"):
+        annotations = one(objs, kind, "changegate-uninstall")["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    assert int(one(objs, "ClusterRoleBinding", "changegate-uninstall")["metadata"][
+        "annotations"]["helm.sh/hook-weight"]) < int(job["metadata"]["annotations"][
+            "helm.sh/hook-weight"])
+    upgraded = objects(DEFAULT, upgrade=True)
+    assert one(upgraded, "Job", "changegate-uninstall")
 
 
 def test_required_values_alone_are_the_default_install():
