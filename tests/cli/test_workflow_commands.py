@@ -107,7 +107,8 @@ def test_prune_requests_deletes_and_apply_deletes_exactly_that_object(
     result = cg("alice", "request", "-f", str(only_deployment), "--record", "CHG-5",
                 "--prune", "-l", "app=checkout")
     assert result.code == 0, result.err
-    assert "DELETE configmap/checkout-config" in result.out
+    row = next(line.split() for line in result.out.splitlines() if "configmap/" in line)
+    assert row[1:3] == ["DELETE", "configmap/checkout-config"]
     ca = kube.get("changeapprovals", NS, "chg-5-configmap-checkout-config")
     assert ca["spec"]["operation"] == "DELETE" and ca["spec"]["toDigest"] == "none"
     assert "manifest" not in ca["spec"]

@@ -5,6 +5,7 @@ command; these do the rest.
 
 from __future__ import annotations
 
+import textwrap
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ from changegate.client.request import (
     plan_restart,
     read_documents,
 )
+from changegate.client.show import table
 from changegate.client.site import load_trust
 from changegate.client.writes import (
     AS_RETURNED,
@@ -132,9 +134,10 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
     expires = (now + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
     click.echo(f"requested by {user} under {record} for cluster {site.cluster or chr(34) * 2}, "
                f"valid until {expires}:")
-    for name, change in created:
-        click.echo(f"  changeapproval/{name}  {change.operation} {change.target}  "
-                   f"{change.from_digest[:19]} -> {change.to_digest[:19]}")
+    rows = [[f"changeapproval/{name}", change.operation, change.target,
+             f"{change.from_digest[:19]} -> {change.to_digest[:19]}"] for name, change in created]
+    click.echo(textwrap.indent(table(["APPROVAL", "OP", "TARGET", "DIGESTS"], rows), "  "),
+               nl=False)
     click.echo(f"next: {site.required} approvers other than {user} run:")
     for ns in sorted({c.namespace for _, c in created}):
         click.echo(f"  changegate approve --record {record} -n {ns} --key <KEY>")

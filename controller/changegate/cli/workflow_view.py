@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import click
@@ -16,6 +16,7 @@ from changegate.client.approvals import (
     check_produces,
     get_approval,
     list_approvals,
+    list_approvals_at,
     live_state,
     standing,
     statement_of,
@@ -155,8 +156,7 @@ def list_(session: Session, all_namespaces: bool, pending: bool, record: str | N
           output: str) -> None:
     """List ChangeApprovals, like `kubectl get changeapprovals`."""
     api = session.api
-    items = list_approvals(api, None if all_namespaces else session.namespace, record)
-    now = datetime.now(UTC)
+    items, now = list_approvals_at(api, None if all_namespaces else session.namespace, record)
     if pending:
         items = [i for i in items if _phase(i, now) not in TERMINAL | {"Expired"}]
     if output != "table":

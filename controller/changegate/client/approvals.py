@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from changegate.client.api import JSON_PATCH, Api, ApiError, approvals_path, object_path
@@ -63,11 +63,20 @@ def get_approval(api: Api, namespace: str, name: str) -> dict[str, Any]:
 
 def list_approvals(api: Api, namespace: str | None, record: str | None = None
                    ) -> list[dict[str, Any]]:
-    items = (api.call("GET", approvals_path(namespace)).body or {}).get("items") or []
+    return list_approvals_at(api, namespace, record)[0]
+
+
+def list_approvals_at(api: Api, namespace: str | None, record: str | None = None
+                      ) -> tuple[list[dict[str, Any]], datetime]:
+    """The approvals, and the API server's clock when it listed them (ages and expiry are
+    judged by the server's time, as the webhook judges them)."""
+    answer = api.call("GET", approvals_path(namespace))
+    items = (answer.body or {}).get("items") or []
     if record:
         items = [i for i in items
                  if ((i.get("spec") or {}).get("changeRecord") or {}).get("id") == record]
-    return sorted(items, key=lambda i: (meta(i).get("namespace", ""), meta(i).get("name", "")))
+    items = sorted(items, key=lambda i: (meta(i).get("namespace", ""), meta(i).get("name", "")))
+    return items, answer.server_time or datetime.now(UTC)
 
 
 def write_mode(obj: Mapping[str, Any]) -> str:
