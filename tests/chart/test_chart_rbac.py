@@ -61,6 +61,22 @@ def test_operator_writes_only_what_it_records():
     assert not any(resource == "secrets" for _, resource in g)
 
 
+def test_operator_gets_every_permission_the_operator_code_says_it_needs():
+    """changegate.operator lists its RBAC as data; peering is not used (--standalone)."""
+    needs = pytest.importorskip("changegate.operator")
+    objs = objects(DEFAULT)
+    for role, rules in ((one(objs, "ClusterRole", "changegate-operator"), needs.CLUSTER_RULES),
+                        (one(objs, "Role", "changegate-operator"), needs.NAMESPACE_RULES)):
+        granted = grants(role)
+        for rule in rules:
+            if rule["apiGroups"] == ["kopf.dev"]:
+                continue
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    missing = set(rule["verbs"]) - granted.get((group, resource), set())
+                    assert not missing, (role["kind"], group, resource, missing)
+
+
 def test_operator_without_canaries_cannot_create_deployments():
     cluster = one(objects(merged(DEFAULT, {"operator": {"canary": False}})),
                   "ClusterRole", "changegate-operator")

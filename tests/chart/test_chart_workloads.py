@@ -109,7 +109,7 @@ def test_operator_is_one_standalone_replica_that_never_overlaps():
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["operator", "--config=/etc/changegate/config.yaml",
-                                 "--metrics-port=8080"]
+                                 "--metrics-port=8080", "--standalone"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "changegate-operator"
     # No PDB: one replica with a PDB would block every node drain.
