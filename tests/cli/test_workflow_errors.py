@@ -137,7 +137,7 @@ def test_namespace_contradiction(cg, tmp_path):
 
 
 def test_usage_errors_exit_2_without_traceback(cg):
-    result = cg("bob", "approve", "--key", "k")
+    result = cg("bob", "approve")
     assert result.code == 2 and "give one of NAME, --record ID or -f FILE" in result.err
     assert "Traceback" not in result.err
 

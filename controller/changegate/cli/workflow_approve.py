@@ -121,8 +121,11 @@ def _review(session: Session, obj: dict[str, Any], key: PrivateKey, trust: Trust
 @click.option("--record", help="Sign every ChangeApproval of this change record in the namespace.")
 @click.option("-f", "--filename", "file", type=click.Path(dir_okay=False),
               help="Sign a ChangeApproval file offline and write it back (GitOps).")
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
-              help="Your private key: PEM (Ed25519, P-256) or OpenSSH ed25519.")
+@click.option("--key", "key_path", envvar="CHANGEGATE_KEY", show_default=True,
+              default=str(Path("~/.config/changegate/signing.key").expanduser()),
+              type=click.Path(dir_okay=False),
+              help="Your private key: PEM (Ed25519, P-256) or OpenSSH ed25519 "
+                   "($CHANGEGATE_KEY; the default is where `changegate keygen` writes it).")
 @click.option("--policy", "policy_path", type=click.Path(dir_okay=False),
               help="With -f: the policy file, for its digest rules.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (scripts).")
