@@ -12,6 +12,7 @@ from typing import Any
 from changegate.core.errors import ChangeGateError
 
 GROUP, VERSION, PLURAL = "changegate.io", "v1alpha1", "changeapprovals"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _kubeconfig_path(kubeconfig: str | None) -> str | None:
@@ -24,6 +25,33 @@ def _kubeconfig_path(kubeconfig: str | None) -> str | None:
     return str(default) if default.exists() else None
 
 
+def _must_exist(path: str | None) -> None:
+    if path is not None and not Path(path).exists():
+        raise ChangeGateError(f"kubeconfig {path}: no such file")
+
+
+def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig context (kubectl's default), else `default`."""
+    from kubernetes.config import list_kube_config_contexts
+    from kubernetes.config.config_exception import ConfigException
+
+    path = _kubeconfig_path(kubeconfig)
+    if path is None:
+        if SERVICE_ACCOUNT_NAMESPACE.exists():
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+        return "default"
+    try:
+        contexts, active = list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=path)
+    except (ConfigException, OSError, ValueError):
+        return "default"  # sync_client reports the real problem with the kubeconfig
+    chosen = active
+    if context:
+        chosen = next((c for c in contexts if c.get("name") == context), active)
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else "default"
+
+
 def _in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
@@ -34,15 +62,17 @@ def sync_client(kubeconfig: str | None = None, context: str | None = None) -> An
     from kubernetes.config.config_exception import ConfigException
 
     path = _kubeconfig_path(kubeconfig)
+    _must_exist(path)
     configuration = client.Configuration()
     try:
         if path is None and _in_cluster():
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
         elif path is None:
             raise ChangeGateError("no kubeconfig: set KUBECONFIG or pass --kubeconfig")
         else:
-            config.load_kube_config(config_file=path, context=context,
-                                    client_configuration=configuration)
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=path, context=context, client_configuration=configuration)
     except ConfigException as exc:
         raise ChangeGateError(f"kubeconfig: {exc}") from exc
     except FileNotFoundError as exc:
@@ -56,15 +86,17 @@ async def async_client(kubeconfig: str | None = None, context: str | None = None
     from kubernetes.aio.config.config_exception import ConfigException
 
     path = _kubeconfig_path(kubeconfig)
+    _must_exist(path)
     configuration = client.Configuration()
     try:
         if path is None and _in_cluster():
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
         elif path is None:
             raise ChangeGateError("no kubeconfig: set KUBECONFIG or run in a cluster")
         else:
-            await config.load_kube_config(config_file=path, context=context,
-                                          client_configuration=configuration)
+            await config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=path, context=context, client_configuration=configuration)
     except ConfigException as exc:
         raise ChangeGateError(f"kubeconfig: {exc}") from exc
     return client.ApiClient(configuration)

@@ -10,7 +10,6 @@ answer is status + JSON + headers, and an error status becomes one readable line
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -184,26 +183,3 @@ def _reason(exc: Exception) -> str:
     return text.split(">: ")[-1][:200]
 
 
-def default_namespace(kubeconfig: str | None, context: str | None) -> str:
-    """The namespace of the kubeconfig context (kubectl's default), else `default`."""
-    from kubernetes.config import list_kube_config_contexts
-    from kubernetes.config.config_exception import ConfigException
-
-    path = kubeconfig or (os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None)
-    if path is None:
-        home = Path.home() / ".kube" / "config"
-        if home.exists():
-            path = str(home)
-        elif SERVICE_ACCOUNT_NAMESPACE.exists():
-            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-        else:
-            return "default"
-    try:
-        contexts, active = list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError, ValueError):
-        return "default"  # sync_client reports the real problem with the kubeconfig
-    chosen = active
-    if context:
-        chosen = next((c for c in contexts if c.get("name") == context), active)
-    namespace = ((chosen or {}).get("context") or {}).get("namespace")
-    return str(namespace) if namespace else "default"
