@@ -123,7 +123,9 @@ def test_every_authenticated_user_may_read_changegate_info_and_nothing_else():
                                     "name": "system:authenticated"}]
     info = one(objs, "ConfigMap", "changegate-info")["data"]
     assert info == {"clusterName": "prod-eu-1", "requiredApprovals": "2",
-                    "maxApprovalLifetime": "24h", "version": "0.1.0"}
+                    "maxApprovalLifetime": "24h", "version": "0.1.0",
+                    # the digest rules, so requesters compute the webhook's digest
+                    "ignoredAnnotations": "", "ignoredLabels": ""}
 
 
 # --- changegate-tier1-editor (SPEC §11) --------------------------------------------

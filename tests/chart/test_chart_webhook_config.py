@@ -180,7 +180,7 @@ def _configmap(name, operation, old_data=None, new_data=None):
     return {"request": {"operation": operation, "name": name}, "object": new, "oldObject": old}
 
 
-def test_config_guard_covers_trust_policy_and_ledger_in_our_namespace_only():
+def test_config_guard_covers_trust_policy_config_and_ledger_in_our_namespace_only():
     entry = webhooks(DEFAULT)["config.changegate.io"]
     [expr] = entry["namespaceSelector"]["matchExpressions"]
     assert (expr["key"], expr["operator"], expr["values"]) == (
@@ -188,12 +188,14 @@ def test_config_guard_covers_trust_policy_and_ledger_in_our_namespace_only():
     [rule] = entry["rules"]
     assert rule["resources"] == ["configmaps"]
     assert rule["operations"] == ["CREATE", "UPDATE", "DELETE"]
-    for name in ("changegate-trust", "changegate-policy", "changegate-ledger-0",
-                 "changegate-ledger-f"):
+    # changegate-config names policyAdminGroups and breakGlassGroups: editing it unguarded
+    # would make anyone an admin at the next restart.
+    for name in ("changegate-trust", "changegate-policy", "changegate-config",
+                 "changegate-ledger-0", "changegate-ledger-f"):
         assert calls_webhook(entry, **_configmap(name, "UPDATE", {"a": "1"}, {"a": "2"}))
         assert calls_webhook(entry, **_configmap(name, "DELETE", {"a": "1"}))
         assert calls_webhook(entry, **_configmap(name, "CREATE", None, {"a": "1"}))
-    for name in ("changegate-config", "changegate-info", "kube-root-ca.crt"):
+    for name in ("changegate-info", "kube-root-ca.crt"):
         assert not calls_webhook(entry, **_configmap(name, "UPDATE", {"a": "1"}, {"a": "2"}))
 
 

@@ -142,6 +142,17 @@ def test_a_policy_typo_is_refused():
     assert not decision.allowed and "requiredAprovals" in decision.message
 
 
+def test_process_configuration_is_guarded_too():
+    """changegate-config names the admin and break-glass groups: editing it must be guarded."""
+    doc = cfg_review("changegate-config", "config.yaml", "policyAdminGroups: [a]",
+                     "policyAdminGroups: [a, everyone]")
+    decision = run(doc, policy=ADMIN)
+    assert not decision.allowed and decision.code == "config_guard"
+    admin = cfg_review("changegate-config", "config.yaml", "x: 1", "x: 2", user="pat",
+                       groups=["platform-admins"])
+    assert run(admin, policy=ADMIN).config_change == ("process", True)
+
+
 def test_only_the_operator_writes_the_ledger():
     doc = cfg_review("changegate-ledger-a", "x", "{}", "{}", user="pat", groups=["platform-admins"])
     assert run(doc, policy=ADMIN).code == "config_guard"

@@ -228,6 +228,15 @@ def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
         verdict = Verdict.deny("config_guard", "only the changegate operator may write the ledger")
         verdict.config_change = ("ledger", True)
         return verdict
+    if name == process.config_configmap:
+        if req.groups.intersection(admin_groups(snap)):
+            verdict = Verdict.allow("config_change", f"process configuration changed by policy "
+                                                     f"admin {req.username}")
+        else:
+            verdict = Verdict.deny("config_guard",
+                                   "only policyAdminGroups may change the process configuration")
+        verdict.config_change = ("process", True)  # it names who may loosen: always a page
+        return verdict
     if name not in (process.trust_configmap, process.policy_configmap):
         return Verdict.allow("not_gated", "not a changegate configuration")
     config = "trust" if name == process.trust_configmap else "policy"

@@ -25,6 +25,9 @@ class ProcessConfig:
     namespace: str = "changegate"
     trust_configmap: str = "changegate-trust"
     policy_configmap: str = "changegate-policy"
+    # The process's own settings (admin and break-glass groups) as the chart mounts them:
+    # not read at admission, but guarded, or editing it would make anyone an admin.
+    config_configmap: str = "changegate-config"
     operator_service_account: str = "system:serviceaccount:changegate:changegate-operator"
     policy_admin_groups: frozenset[str] = frozenset()
     break_glass_groups: frozenset[str] = frozenset()
