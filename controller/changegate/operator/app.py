@@ -1,0 +1,120 @@
+"""One operator run: kopf's settings, login, startup, the handlers, and the health port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from changegate import kube
+from changegate.operator import approvals, ledger, targets, world
+from changegate.operator.api import Api
+from changegate.operator.context import Context
+from changegate.operator.health import make_app, serve
+
+LOG = logging.getLogger("changegate.operator")
+DEFAULT_PEERING = "changegate"
+FINALIZER = "changegate.io/operator"
+# Kopf stores its own state in annotations under this prefix, which the digest ignores
+# (SPEC §3). The handlers here need none of it (see targets.py), but any future
+# on.create/update handler would, and must never write a key the digest counts.
+STORAGE_PREFIX = "changegate.io"
+
+
+def configure(settings: kopf.OperatorSettings, *, peering: str, standalone: bool) -> None:
+    # One active replica. With peering, a second replica stays a standby (kopf pauses it
+    # while the first keeps its peering record fresh, 60 s lifetime) and takes over when
+    # the first goes; mandatory, so a missing peering object stops the operator rather
+    # than letting two replicas write at once.
+    settings.peering.name = peering
+    settings.peering.standalone = standalone
+    settings.peering.mandatory = not standalone
+    settings.peering.clusterwide = True
+    # Events only where the handlers ask (kopf.info/warn); handler logs stay in the log.
+    settings.posting.enabled = True
+    settings.posting.loggers = False
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "changegate-operator"
+    # Watches: the API server ends each watch after 5 min (its own default is a random
+    # 30-60 min, longer than many load balancers keep an idle stream), the client gives
+    # up 10 s after that. Bookmarks arrive every 60 s and the API server keeps events
+    # for 75 s, so kopf's 70 s inactivity timeout reconnects before any are lost.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 310
+    settings.watching.connect_timeout = 10
+    settings.watching.inactivity_timeout = 70
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=STORAGE_PREFIX, touch_key="kopf-touch", v1=False)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STORAGE_PREFIX, key="kopf-last-handled-configuration", v1=False)
+
+
+async def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """Kopf's credentials from the same configuration kube.py reads (kubeconfig or
+    in-cluster), the way kopf's own login_via_async_client extracts them."""
+    client = await kube.async_client(kubeconfig)
+    try:
+        config = client.configuration
+        header = await config.get_api_key_with_prefix("BearerToken", alias="authorization")
+        parts = header.split(" ", 1) if header else []
+        scheme, token = ((None, None) if not parts else (None, parts[0]) if len(parts) == 1
+                         else (parts[0], parts[1]))
+        return kopf.ConnectionInfo(
+            server=config.host, ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
+            username=config.username or None, password=config.password or None,
+            scheme=scheme, token=token, certificate_path=config.cert_file,
+            private_key_path=config.key_file)
+    finally:
+        await client.close()
+
+
+def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
+                   standalone: bool = False) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(id="login", registry=registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        return await connection_info(ctx.kubeconfig)
+
+    @kopf.on.startup(id="startup", registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, peering=peering, standalone=standalone)
+        if ctx.client is None:
+            ctx.client = Api(await kube.async_client(ctx.kubeconfig))
+        # The webhook reads the ledger; it must exist before the first change lands.
+        await ledger.ensure(ctx.api, ctx.process.namespace, ctx.clock())
+
+    @kopf.on.cleanup(id="cleanup", registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if ctx.client is not None:
+            await ctx.client.close()
+            ctx.client = None
+
+    world.register(registry, ctx.process)
+    approvals.register(registry, ctx)
+    targets.register(registry, ctx)
+    return registry
+
+
+async def run(ctx: Context, *, peering: str = DEFAULT_PEERING, standalone: bool = False,
+              metrics_host: str = "0.0.0.0", metrics_port: int = 8080,  # noqa: S104 -- a pod
+              stop_flag: asyncio.Event | None = None) -> None:
+    """Run until stopped (SIGTERM/SIGINT when in the main thread, or ``stop_flag``)."""
+    registry = build_registry(ctx, peering=peering, standalone=standalone)
+    ready = asyncio.Event()
+    task = asyncio.current_task()
+    runner = await serve(make_app(lambda: ready.is_set() and not (task and task.cancelling()),
+                                  ctx.metrics), metrics_host, metrics_port)
+    LOG.info("operator starting: controller namespace %s, %s", ctx.process.namespace,
+             "standalone" if standalone else f"peering {peering!r}")
+    try:
+        await kopf.operator(registry=registry, clusterwide=True, standalone=standalone,
+                            peering_name=None if standalone else peering,
+                            ready_flag=ready, stop_flag=stop_flag)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,37 @@
+"""What every handler of one operator run shares: settings, the clock, the API, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from changegate.core.snapshot import ProcessConfig
+from changegate.operator.api import Api
+from changegate.operator.metrics import OperatorMetrics
+
+# How often each live approval is judged again without an event: it moves an approval
+# past expiresAt (a display: the webhook checks expiry itself), and picks up a trust
+# store or policy change. Ten seconds of lag on a display costs nothing; a thousand live
+# approvals re-verified every ten seconds costs ~0.1 ms each.
+RESYNC_SECONDS = 10.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Context:
+    process: ProcessConfig
+    kubeconfig: str | None = None
+    clock: Callable[[], datetime] = utcnow
+    resync: float = RESYNC_SECONDS
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    client: Api | None = None  # made at startup, closed at cleanup
+
+    @property
+    def api(self) -> Api:
+        if self.client is None:
+            raise RuntimeError("the operator's API client is made at startup")
+        return self.client
