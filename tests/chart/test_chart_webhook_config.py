@@ -102,6 +102,22 @@ def test_change_approvals_are_validated_in_every_namespace_but_kube_system_and_o
     assert rule["operations"] == ["CREATE", "UPDATE"]
 
 
+def test_metadata_only_updates_of_approvals_never_call_the_webhook():
+    """The operator's finalizer must be removable while the webhook is down or the policy broken."""
+    entry = webhooks(DEFAULT)["changeapprovals.changegate.io"]
+    spec = {"operation": "UPDATE", "signatures": []}
+    signed = {**spec, "signatures": [{"keyid": "k", "sig": "s"}]}
+
+    def call(operation, old, new):
+        return calls_webhook(entry, request={"operation": operation},
+                             object={"metadata": {}, "spec": new},
+                             oldObject=None if old is None else {"metadata": {}, "spec": old})
+
+    assert not call("UPDATE", spec, spec)
+    assert call("UPDATE", spec, signed)
+    assert call("CREATE", None, spec)
+
+
 # --- scale guard -------------------------------------------------------------------
 
 def _scale(user, old, new):

@@ -275,3 +275,12 @@ def test_canary_namespace_refuses_direct_deployment_updates():
     approval = sign(approval_for(doc), "bob", "carol")
     decision = run(doc, approval, ns(annotations={"changegate.io/enforcement": "canary"}))
     assert not decision.allowed and decision.code == "canary_required"
+
+
+def test_metadata_only_update_of_an_approval_passes_even_with_a_broken_config():
+    """The operator's finalizer must always be removable, or approvals become undeletable."""
+    approval = approval_for(fixture("deployment-update"))
+    with_finalizer = copy.deepcopy(approval)
+    with_finalizer["metadata"]["finalizers"] = ["changegate.io/operator"]
+    doc = ca_review(approval, op="UPDATE", old=with_finalizer)
+    assert run(doc, trust="approvers: [{name: x, keys: [broken]}]").allowed

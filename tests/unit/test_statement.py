@@ -52,6 +52,11 @@ def test_a_built_statement_parses():
     (lambda d: d["predicate"].update(digestAlgorithm="k8s/v2"), "digestAlgorithm"),
     (lambda d: d["predicate"].update(issuedAt="2026-11-23T08:00:00+01:00"), "RFC 3339"),
     (lambda d: d["predicate"].update(nonce="not-a-uuid"), "nonce"),
+    # uuid.UUID() accepts these, but the ledger cannot record them as ConfigMap keys
+    (lambda d: d["predicate"].update(nonce="{12345678-1234-4234-8234-123456789abc}"), "nonce"),
+    (lambda d: d["predicate"].update(nonce="urn:uuid:12345678-1234-4234-8234-123456789abc"),
+     "nonce"),
+    (lambda d: d["predicate"].update(nonce="12345678-1234-4234-8234-123456789ABC"), "nonce"),
     (lambda d: d.update(subject=[]), "subject"),
     (lambda d: d["subject"][0]["digest"].update(sha256="c" * 64), "subject digest"),
     (lambda d: d["predicate"]["target"].update(kind="Secret"), "not a gated kind"),

@@ -289,6 +289,10 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
     del now, memo  # validity in time is judged at use, not at creation
     if req.operation not in ("CREATE", "UPDATE") or req.object is None:
         return Verdict.allow("not_gated", "only creates and updates are checked")
+    if req.operation == "UPDATE" and req.object.get("spec") == (req.old_object or {}).get("spec"):
+        # Metadata only (the operator's finalizer, labels): nothing signed changes, and a
+        # policy change or a broken config must never make an approval undeletable.
+        return Verdict.allow("not_gated", "the spec is unchanged")
     if snap.config_error:
         return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
     policy, trust = snap.policy, snap.trust

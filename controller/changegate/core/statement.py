@@ -32,6 +32,7 @@ PLURALS: Mapping[tuple[str, str], str] = {
 }
 
 _DIGEST = r"^(none|sha256:[0-9a-f]{64})$"
+_NONCE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 
 
@@ -174,10 +175,10 @@ def _check_consistent(st: Statement) -> None:
     p = st.predicate
     parse_time(p.issuedAt)
     parse_time(p.expiresAt)
-    try:
-        uuid.UUID(p.nonce)
-    except ValueError as exc:
-        raise StatementError("nonce is not a UUID") from exc
+    # One spelling only: the ledger records nonces as ConfigMap keys, and a spelling it
+    # cannot record ("{...}", "urn:uuid:...") would make a statement reusable.
+    if not _NONCE.fullmatch(p.nonce):
+        raise StatementError("nonce must be a lowercase hyphenated UUID")
     expected = subject_name(p.target.apiVersion, p.target.kind, p.target.namespace, p.target.name)
     subject = st.subject[0]
     if subject.name != expected:
