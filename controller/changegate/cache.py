@@ -5,8 +5,8 @@ Each watch event swaps in a new Snapshot; a request never waits for the cache, i
 on the snapshot it finds. Cost with 10,000 ChangeApprovals: an event rebuilds only its
 namespace's tuple and copies the outer namespace->tuple dict (one entry per namespace);
 every other tuple, the namespaces mapping, and the parsed trust store and policy are
-shared with the previous Snapshot. Manifests are kept only as far as the digest reads them
-(`compact_approval`), which is most of an approval's memory.
+shared with the previous Snapshot. Approvals are kept compact (changegate.compact): most of
+an approval's memory is its manifest.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from changegate import metrics
-from changegate.core.digest import DEFAULT_IGNORED_ANNOTATIONS, IGNORED_ANNOTATION_PREFIX
+from changegate.compact import compact_approval
 from changegate.core.errors import ChangeGateError, PolicyError, TrustStoreError
 from changegate.core.policy import Policy, load_policy
 from changegate.core.snapshot import (
@@ -32,9 +32,11 @@ from changegate.core.snapshot import (
     Snapshot,
 )
 from changegate.core.trust import TrustStore, load_trust_store
-from changegate.feeds import Feed, FeedError, FeedRunner, _message, _raw
 from changegate.files import snapshot_from_dir
 from changegate.kube import GROUP, PLURAL, VERSION
+
+if TYPE_CHECKING:  # feeds imports kubernetes.aio (~13 MiB): not for serve --static
+    from changegate.feeds import FeedRunner
 
 log = logging.getLogger("changegate.cache")
 
@@ -43,39 +45,6 @@ log = logging.getLogger("changegate.cache")
 # most READ_THROUGH_PARALLEL lists run at once, so a burst of denials cannot flood the API.
 READ_THROUGH_PARALLEL = 2
 READ_THROUGH_REUSE_SECONDS = 0.25  # a list this fresh is reused rather than repeated
-
-
-def _manifest_source(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The part of a manifest that core.digest.view() reads, and nothing else.
-
-    view() takes apiVersion, kind, metadata.{namespace,name,labels,annotations} and spec
-    (Deployment) or data/binaryData/immutable (ConfigMap); annotations the digest always
-    drops (the defaults, `changegate.io/*`) go too, the last-applied copy above all. So
-    manifest_digest() is unchanged (tests/integration/test_cache.py checks it) while
-    managedFields, status and the rest stop costing memory for every cached approval.
-    """
-    meta = manifest.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    out: dict[str, Any] = {k: manifest[k] for k in ("apiVersion", "kind", "spec", "data",
-                                                    "binaryData", "immutable") if k in manifest}
-    small: dict[str, Any] = {k: meta[k] for k in ("namespace", "name", "labels") if k in meta}
-    annotations = meta.get("annotations")
-    if isinstance(annotations, dict):
-        small["annotations"] = {
-            k: v for k, v in annotations.items()
-            if k not in DEFAULT_IGNORED_ANNOTATIONS and not str(k).startswith(
-                IGNORED_ANNOTATION_PREFIX)}
-    elif "annotations" in meta:
-        small["annotations"] = annotations
-    out["metadata"] = small
-    return out
-
-
-def compact_approval(obj: dict[str, Any]) -> ApprovalObject:
-    spec = obj.get("spec")
-    if isinstance(spec, dict) and isinstance(spec.get("manifest"), dict):
-        obj = {**obj, "spec": {**spec, "manifest": _manifest_source(spec["manifest"])}}
-    return ApprovalObject.from_object(obj)
 
 
 def _meta(obj: dict[str, Any]) -> tuple[str, str]:
@@ -90,6 +59,8 @@ class KubeCache:
     def __init__(self, api_client: Any, process: ProcessConfig, *,
                  watch_seconds: tuple[int, int] | None = None) -> None:
         from kubernetes.aio import client
+
+        from changegate.feeds import Feed, FeedRunner
 
         self.api_client = api_client
         self.process = process
@@ -118,18 +89,20 @@ class KubeCache:
         self._read_slots = asyncio.Semaphore(READ_THROUGH_PARALLEL)
         feeds = [
             Feed("changeapprovals", self.custom.list_cluster_custom_object,
-                 (GROUP, VERSION, PLURAL), on_list=self._list_approvals,
-                 on_event=self._approval_event),
-            Feed("namespaces", core.list_namespace, on_list=self._list_namespaces,
-                 on_event=self._namespace_event),
+                 (GROUP, VERSION, PLURAL), convert=self._approval_from,
+                 on_list=self._list_approvals, on_event=self._approval_event),
+            Feed("namespaces", core.list_namespace, convert=NamespaceInfo.from_object,
+                 on_list=self._list_namespaces, on_event=self._namespace_event),
             Feed("configmaps", core.list_namespaced_config_map, (process.namespace,),
-                 on_list=self._list_configmaps, on_event=self._configmap_event),
+                 convert=self._configmap_from, on_list=self._list_configmaps,
+                 on_event=self._configmap_event),
             Feed("horizontalpodautoscalers",
                  autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces,
-                 on_list=self._list_hpas, on_event=self._hpa_event),
+                 convert=self._hpa_from, on_list=self._list_hpas, on_event=self._hpa_event),
         ]
         extra = {"watch_seconds": watch_seconds} if watch_seconds else {}
-        self.runners = [FeedRunner(f, on_synced=self._synced, **extra) for f in feeds]
+        self.runners: list[FeedRunner] = [FeedRunner(f, on_synced=self._synced, **extra)
+                                          for f in feeds]
 
     # -- StateSource ----------------------------------------------------------------------
     @property
@@ -178,6 +151,8 @@ class KubeCache:
 
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
+        from changegate.feeds import FeedError, _message, _raw
+
         raw = _raw(self.custom.list_namespaced_custom_object)
         async with self._read_slots:
             response = await raw(GROUP, VERSION, namespace, PLURAL, _request_timeout=timeout)
@@ -223,15 +198,19 @@ class KubeCache:
             metrics.observe_snapshot(self._snapshot, synced=self.ready)
 
     # -- ChangeApprovals ------------------------------------------------------------------
-    def _list_approvals(self, items: list[dict[str, Any]]) -> None:
-        previous = self._approvals
+    def _approval_from(self, obj: dict[str, Any]) -> ApprovalObject:
+        """A relist keeps the objects it already holds (same resourceVersion): no churn."""
+        namespace, name = _meta(obj)
+        old = self._approvals.get(namespace, {}).get(name)
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        if old is not None and old.resource_version == version:
+            return old
+        return compact_approval(obj)
+
+    def _list_approvals(self, items: list[ApprovalObject]) -> None:
         fresh: dict[str, dict[str, ApprovalObject]] = {}
-        for obj in items:
-            namespace, name = _meta(obj)
-            old = previous.get(namespace, {}).get(name)
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-            keep = old if old is not None and old.resource_version == version else None
-            fresh.setdefault(namespace, {})[name] = keep or compact_approval(obj)
+        for approval in items:
+            fresh.setdefault(approval.namespace, {})[approval.name] = approval
         self._approvals = fresh
         self._approval_view = {ns: tuple(d.values()) for ns, d in fresh.items()}
         self._publish()
@@ -253,8 +232,8 @@ class KubeCache:
         self._publish()
 
     # -- Namespaces -----------------------------------------------------------------------
-    def _list_namespaces(self, items: list[dict[str, Any]]) -> None:
-        self._namespaces = {i.name: i for i in map(NamespaceInfo.from_object, items)}
+    def _list_namespaces(self, items: list[NamespaceInfo]) -> None:
+        self._namespaces = {i.name: i for i in items}
         self._ns_view = dict(self._namespaces)
         self._publish(gauges=True)
 
@@ -274,12 +253,12 @@ class KubeCache:
             return None
         return (_meta(obj)[0], str(ref["name"]))
 
-    def _list_hpas(self, items: list[dict[str, Any]]) -> None:
-        self._hpas = {}
-        for obj in items:
-            target = self._hpa_target(obj)
-            if target is not None:
-                self._hpas[_meta(obj)] = target
+    def _hpa_from(self, obj: dict[str, Any]) -> tuple[tuple[str, str], tuple[str, str]] | None:
+        target = self._hpa_target(obj)
+        return None if target is None else (_meta(obj), target)
+
+    def _list_hpas(self, items: list[tuple[tuple[str, str], tuple[str, str]]]) -> None:
+        self._hpas = dict(items)
         self._hpa_view = frozenset(self._hpas.values())
         self._publish()
 
@@ -297,9 +276,12 @@ class KubeCache:
         p = self.process
         return name in (p.trust_configmap, p.policy_configmap) or p.is_ledger(name)
 
-    def _list_configmaps(self, items: list[dict[str, Any]]) -> None:
-        self._configmaps = {name: obj.get("data") or {} for obj in items
-                            for name in [_meta(obj)[1]] if self._relevant(name)}
+    def _configmap_from(self, obj: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        name = _meta(obj)[1]
+        return (name, obj.get("data") or {}) if self._relevant(name) else None
+
+    def _list_configmaps(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        self._configmaps = dict(items)
         self._reload_config()
 
     def _configmap_event(self, kind: str, obj: dict[str, Any]) -> None:
@@ -356,6 +338,7 @@ class StaticSource:
     (polled, like the TLS files), keeping the last good state if a new one does not load."""
 
     ready = True
+    reads_through = False  # the files are the whole truth: no second look
 
     def __init__(self, directory: str, process: ProcessConfig, *, poll_seconds: float = 2.0):
         self.directory = Path(directory)

@@ -52,7 +52,10 @@ class Feed:
     method: Callable[..., Any]  # a bound list_* method of a kubernetes.aio API class
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
-    on_list: Callable[[list[dict[str, Any]]], None] = lambda items: None
+    # Applied to each item as its page arrives, so a 10,000-object list never sits in memory
+    # as raw dicts (a page of PAGE does); None drops the item.
+    convert: Callable[[dict[str, Any]], Any] = lambda obj: obj
+    on_list: Callable[[list[Any]], None] = lambda items: None
     on_event: Callable[[str, dict[str, Any]], None] = lambda kind, obj: None
 
 
@@ -104,9 +107,10 @@ class FeedRunner:
                                               "retryIn": round(delay, 2)}})
                 await asyncio.sleep(delay)
 
-    async def list(self) -> tuple[list[dict[str, Any]], str]:
+    async def list(self) -> tuple[list[Any], str]:
         raw = _raw(self.feed.method)
-        items: list[dict[str, Any]] = []
+        items: list[Any] = []
+        convert = self.feed.convert
         token: str | None = None
         while True:
             extra: dict[str, Any] = {"_continue": token} if token else {}
@@ -122,7 +126,11 @@ class FeedRunner:
             if status != 200:
                 raise FeedError(f"list {self.feed.name}: HTTP {status}: {_message(body)}")
             data = orjson.loads(body)
-            items.extend(data.get("items") or [])
+            del body
+            for obj in data.get("items") or ():
+                item = convert(obj)
+                if item is not None:
+                    items.append(item)
             meta = data.get("metadata") or {}
             token = meta.get("continue") or None
             if token is None:

@@ -72,7 +72,17 @@ class Server:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def log_records(self) -> list[dict[str, Any]]:
+    def log_records(self, until: Any = None, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The server's JSON log lines; with `until`, wait (audit lines are flushed every
+        50 ms) until `until(records)` is true."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self._records()
+            if until is None or until(records) or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
+    def _records(self) -> list[dict[str, Any]]:
         import json
 
         out = []

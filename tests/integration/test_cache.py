@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from kubernetes.aio import client as kclient
 
 from changegate import feeds
-from changegate.cache import KubeCache, compact_approval
+from changegate.cache import KubeCache
+from changegate.compact import compact_approval
 from changegate.config import ServeConfig
 from changegate.core.approval import manifest_digest
 from changegate.core.policy import load_policy
@@ -304,3 +305,31 @@ async def test_serve_with_a_kubeconfig_syncs_from_the_api_and_decides(fake, tmp_
         raise AssertionError("the deleted approval still admits")
     _, text = await asyncio.to_thread(server.get, "/metrics")
     assert "changegate_cache_synced 1.0" in text
+
+
+@pytest.mark.parametrize("name", ["deployment-update", "deployment-create", "deployment-delete",
+                                  "configmap-update", "configmap-create", "configmap-delete"])
+@pytest.mark.parametrize("tamper", [False, True])
+def test_compacted_approvals_decide_exactly_like_the_originals(name, tamper):
+    import dataclasses
+
+    from changegate.core.decision import Context, decide
+    from changegate.core.review import parse_review
+    from changegate.core.snapshot import ApprovalObject
+    from tests.support import snapshot
+
+    review = fixture(name)
+    approval = copy.deepcopy(fresh(review, "bob", "carol"))  # its manifest IS the request's
+    if tamper and approval["spec"].get("manifest"):  # what reviewers read is not what is signed
+        approval["spec"]["manifest"]["metadata"].setdefault("labels", {})["x"] = "y"
+    snap = snapshot()
+    request = parse_review(review)
+    now = datetime.now(UTC)
+    answers = []
+    for make in (ApprovalObject.from_object, compact_approval):
+        world = dataclasses.replace(snap, approvals={"payments": (make(copy.deepcopy(approval)),)})
+        d = decide(request, world, now, Context())
+        answers.append((d.allowed, d.code, d.message, d.warnings, dict(d.audit)))
+    assert answers[0] == answers[1]
+    expected = "manifest_mismatch" if tamper and review["request"]["object"] else "approved"
+    assert answers[1][1] == expected

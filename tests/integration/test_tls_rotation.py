@@ -88,7 +88,8 @@ async def test_a_rotated_certificate_is_served_on_the_next_handshake_without_a_f
     assert set(serials[switched:]) == {new.serial_number}
     async with client.post(server.url, data=BODY) as response:
         assert response.status == 200
-    assert any(r.get("msg") == "tls certificate reloaded" for r in server.log_records())
+    assert any(r.get("msg") == "tls certificate reloaded" for r in server.log_records(
+        until=lambda rs: any(r.get("msg") == "tls certificate reloaded" for r in rs)))
 
 
 async def test_a_half_written_rotation_keeps_the_old_certificate(tmp_path, ca, start_server):
@@ -101,4 +102,5 @@ async def test_a_half_written_rotation_keeps_the_old_certificate(tmp_path, ca, s
     os.utime(cert)
     await asyncio.sleep(0.5)
     assert await one_request(server.port, context) == (200, old.serial_number)
-    assert any("do not load yet" in r.get("msg", "") for r in server.log_records())
+    assert any("do not load yet" in r.get("msg", "") for r in server.log_records(
+        until=lambda rs: any("do not load yet" in r.get("msg", "") for r in rs)))

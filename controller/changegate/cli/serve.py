@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from typing import Any
@@ -96,6 +97,18 @@ def serve(tls_cert: str, tls_key: str, port: int, metrics_port: int, address: st
                        metrics_port=metrics_port, kubeconfig=kubeconfig, context=kube_context))
 
 
+async def _freeze_when_ready(source: Any) -> None:
+    """Move everything alive once the state is loaded (modules, the trust store, every cached
+    ChangeApproval) out of the cyclic GC's sight: full collections would otherwise walk
+    millions of long-lived objects, a pause in some unlucky request. They are still freed by
+    reference counting when the cache drops them."""
+    while not source.ready:
+        await asyncio.sleep(0.1)
+    gc.collect()
+    gc.freeze()
+    log.info("state loaded", extra={"fields": {"frozenObjects": gc.get_freeze_count()}})
+
+
 async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *, address: str,
                  port: int, metrics_port: int, kubeconfig: str | None,
                  context: str | None) -> None:
@@ -132,6 +145,7 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
             cache.start()
         await web.TCPSite(runners[1], address, port, ssl_context=certificate.context,
                           backlog=1024).start()
+        background.append(asyncio.ensure_future(_freeze_when_ready(source)))
         log.info("serving", extra={"fields": {
             "port": port, "metricsPort": metrics_port, "address": address,
             "source": "static" if static is not None else "kubernetes",
@@ -148,3 +162,4 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
                 await task
         if cache is not None:
             await cache.stop()
+        logs.flush()

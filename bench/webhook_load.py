@@ -1,0 +1,433 @@
+"""Load test: `changegate serve` against a trivial allow-all aiohttp webhook, same run, same TLS.
+
+    python bench/webhook_load.py [--duration 10] [--connections 32] [--rate 500]
+                                 [--approvals 10000] [--cores 0,1]
+
+Servers run pinned to the first core (taskset), load clients to the second, one server at a
+time. For each of: the allow-all baseline, `serve --static` (fixtures' state), and `serve`
+with 10,000 ChangeApprovals listed from a fake API server (its cache, the production path),
+it prints max req/s with p50/p99 (wrk, keep-alive, TLS, fixture reviews round-robin), p50/
+p99/max at a fixed 500 req/s (open-loop aiohttp client: latency counted from the scheduled
+send time, so a stall is not hidden), the ratio to the baseline, and serve's RSS.
+Needs `wrk` (Debian: apt-get install wrk) and `taskset` (util-linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.integration.fakeapi import free_port  # noqa: E402
+from tests.integration.tlsutil import TestCA  # noqa: E402
+
+FIXTURES = REPO.parent / "shared" / "fixtures"
+WRK_LUA = """
+local requests, n, i = {}, 0, 0
+function init(args)
+  for _, path in ipairs(args) do
+    local f = assert(io.open(path, "rb")); local body = f:read("*a"); f:close()
+    n = n + 1
+    requests[n] = wrk.format("POST", "/validate", {["Content-Type"] = "application/json"}, body)
+  end
+end
+function request() i = i % n + 1; return requests[i] end
+function done(summary, latency, _)
+  io.write(string.format('WRK {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d,'
+    .. ' "max_us": %d, "errors": %d, "non2xx": %d}\\n', summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency.max,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout, summary.errors.status))
+end
+"""
+
+
+# -- the baseline: what any Python webhook must do at least ----------------------------------
+def allow_all(args: argparse.Namespace) -> None:
+    import orjson
+    from aiohttp import web
+
+    async def validate(request: web.Request) -> web.Response:
+        review = orjson.loads(await request.read())
+        return web.Response(body=orjson.dumps({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "response": {"uid": review["request"]["uid"], "allowed": True}}),
+            content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=3 * 1024 * 1024)
+    app.router.add_post("/validate", validate)
+    app.router.add_get("/readyz", healthz)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.cert, args.key)
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/readyz", healthz)
+
+    async def main() -> None:
+        runners = [web.AppRunner(app, access_log=None), web.AppRunner(metrics_app)]
+        for runner in runners:
+            await runner.setup()
+        await web.TCPSite(runners[0], "127.0.0.1", args.port, ssl_context=context,
+                          backlog=1024).start()
+        await web.TCPSite(runners[1], "127.0.0.1", args.metrics_port).start()
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# -- a fake API server holding N signed ChangeApprovals ---------------------------------------
+def fake_api(args: argparse.Namespace) -> None:
+    from tests.integration.fakeapi import FakeAPI, configmap, namespace
+
+    async def main() -> None:
+        api = FakeAPI(args.port)
+        for obj in state_objects(args.approvals, Path(args.state)):
+            api.put(obj)
+        await api.start()
+        print("READY", flush=True)
+        await asyncio.Event().wait()
+
+    def state_objects(count: int, state: Path) -> list[dict[str, Any]]:
+        import yaml
+
+        objects = [namespace("payments", {"tier": "tier-1"}),
+                   configmap("changegate-trust", "changegate",
+                             {"approvers.yaml": (state / "trust.yaml").read_text()}),
+                   configmap("changegate-policy", "changegate", {"policy.yaml": ""})]
+        objects += [o for o in yaml.safe_load_all((state / "objects.yaml").read_text())
+                    if o.get("kind") == "ChangeApproval"]
+        objects += many_approvals(count, state)
+        return objects
+
+    asyncio.run(main())
+
+
+def signed_approval(review: dict[str, Any], keys: list[Any], *, name: str,
+                    namespace_: str | None = None) -> dict[str, Any]:
+    from datetime import UTC, datetime, timedelta
+
+    from changegate.core.compose import change_approval, signed
+    from changegate.core.digest import digest
+
+    req = review["request"]
+    old, new = req.get("oldObject"), req.get("object")
+    now = datetime.now(UTC).replace(microsecond=0)
+    kind = req["kind"]["kind"]
+    approval = change_approval(
+        namespace=namespace_ or req["namespace"], name=name, cluster="",
+        target={"apiVersion": "apps/v1" if kind == "Deployment" else "v1", "kind": kind,
+                "name": req["name"], "uid": (old or {}).get("metadata", {}).get("uid", "none")},
+        operation=req["operation"], from_digest=digest(old), to_digest=digest(new),
+        record_id="CHG-9000", record_url="https://itsm.example/CHG-9000", requested_by="alice",
+        issued_at=now - timedelta(minutes=10), expires_at=now + timedelta(hours=6),
+        manifest=new)
+    return signed(approval, *keys)
+
+
+def many_approvals(count: int, state: Path) -> list[dict[str, Any]]:
+    """`count` valid approvals (two signatures, full server-side-dry-run manifests with
+    managedFields and the last-applied annotation) spread over 100 namespaces."""
+    import copy
+
+    from changegate.core.dsse import load_private_key
+
+    keys = [load_private_key((state / f"{n}.key").read_bytes()) for n in ("bob", "carol")]
+    base = json.loads((FIXTURES / "deployment-update.json").read_text())
+    out = []
+    for index in range(count):
+        review = copy.deepcopy(base)
+        ns, name = f"team-{index % 100:03d}", f"svc-{index:05d}"
+        for obj in (review["request"]["object"], review["request"]["oldObject"]):
+            obj["metadata"].update(namespace=ns, name=name)
+        review["request"].update(namespace=ns, name=name)
+        out.append(signed_approval(review, keys, name=f"chg-9000-{name}", namespace_=ns))
+    return out
+
+
+# -- load clients ---------------------------------------------------------------------------
+def run_wrk(url: str, bodies: list[Path], *, duration: int, connections: int, core: str,
+            workdir: Path) -> dict[str, float]:
+    script = workdir / "bodies.lua"
+    script.write_text(WRK_LUA)
+    proc = subprocess.run(
+        ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+         "-s", str(script), url, "--", *map(str, bodies)],
+        capture_output=True, text=True, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("WRK "))
+    data = json.loads(line[4:])
+    return {"rps": data["requests"] / (data["duration_us"] / 1e6),
+            "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
+            "errors": data["errors"] + data["non2xx"]}
+
+
+def fixed_rate_client(args: argparse.Namespace) -> None:
+    """Open loop at --rate req/s: latency from the scheduled send time (no coordinated
+    omission); the first second is warm-up and not counted."""
+    import aiohttp
+
+    bodies = [Path(p).read_bytes() for p in args.bodies]
+    context = ssl.create_default_context(cafile=args.ca)
+
+    async def main() -> None:
+        # A bounded keep-alive pool, opened before the clock starts, like the API server's
+        # client to a webhook: a burst of fresh TLS handshakes would measure the handshake.
+        connector = aiohttp.TCPConnector(ssl=context, limit=args.connections)
+        latencies: list[float] = []
+        errors = 0
+        async with aiohttp.ClientSession(connector=connector) as session:
+            loop = asyncio.get_running_loop()
+
+            async def warm(body: bytes) -> None:
+                async with session.post(args.url, data=body, headers={
+                        "Content-Type": "application/json"}) as response:
+                    await response.read()
+
+            await asyncio.gather(*(warm(bodies[0]) for _ in range(args.connections)))
+
+            async def one(body: bytes, scheduled: float, count: bool) -> None:
+                nonlocal errors
+                try:
+                    async with session.post(args.url, data=body, headers={
+                            "Content-Type": "application/json"}) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if count:
+                    latencies.append(loop.time() - scheduled)
+                    errors += 0 if ok else 1
+
+            total = int(args.rate * (args.duration + 1))
+            start = loop.time() + 0.2
+            tasks = []
+            for i in range(total):
+                scheduled = start + i / args.rate
+                delay = scheduled - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(
+                    one(bodies[i % len(bodies)], scheduled, i >= args.rate)))
+            await asyncio.gather(*tasks)
+        latencies.sort()
+        pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+        print("RATE " + json.dumps({"p50_ms": pick(0.5) * 1000, "p99_ms": pick(0.99) * 1000,
+                                    "max_ms": latencies[-1] * 1000, "errors": errors,
+                                    "n": len(latencies)}), flush=True)
+
+    asyncio.run(main())
+
+
+def run_fixed_rate(url: str, bodies: list[Path], ca: Path, *, rate: int, duration: int,
+                   core: str) -> dict[str, float]:
+    proc = subprocess.run(
+        ["taskset", "-c", core, sys.executable, __file__, "rate-client", "--url", url,
+         "--ca", str(ca), "--rate", str(rate), "--duration", str(duration),
+         *[f"--body={b}" for b in bodies]],
+        capture_output=True, text=True, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RATE "))
+    return json.loads(line[5:])  # type: ignore[no-any-return]
+
+
+# -- orchestration ----------------------------------------------------------------------------
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_ready(metrics_port: int, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz",
+                                        timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("server not ready")
+
+
+def prepare(workdir: Path) -> tuple[Path, Path, Path, Path, list[Path]]:
+    import yaml
+
+    from changegate.core.dsse import generate
+
+    ca = TestCA.create("changegate-bench-ca")
+    cert, key, _ = ca.issue(workdir / "tls")
+    ca_file = ca.write_ca(workdir / "ca.crt")
+    state = workdir / "state"
+    state.mkdir()
+    keys = {n: generate() for n in ("bob", "carol")}
+    for name, k in keys.items():
+        (state / f"{name}.key").write_bytes(k.pem())
+    (state / "trust.yaml").write_text(yaml.safe_dump({"approvers": [
+        {"name": n, "namespaces": ["*"], "keys": [k.public.pem()]} for n, k in keys.items()]}))
+    (state / "policy.yaml").write_text("")
+    update = json.loads((FIXTURES / "deployment-update.json").read_text())
+    approval = signed_approval(update, list(keys.values()), name="chg-9000")
+    # As stored by the API server: uid and resourceVersion are what verification is memoized by.
+    approval["metadata"].update(uid="7d1c6a52-0000-4000-8000-000000009000", resourceVersion="1")
+    (state / "objects.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Namespace",
+         "metadata": {"name": "payments", "labels": {"tier": "tier-1"}}}, approval]))
+    for extra in state.glob("*.key"):  # keys are for the fake API process, not for serve
+        extra.rename(workdir / extra.name)
+    bodies = sorted(FIXTURES.glob("*.json"))
+    return cert, key, ca_file, state, bodies
+
+
+def measure(label: str, argv: list[str], opts: argparse.Namespace, urls: dict[str, Any],
+            results: dict[str, Any], workdir: Path) -> None:
+    server_core, client_core = opts.cores.split(",")
+    port, metrics_port = urls["port"], urls["metrics_port"]
+    proc = subprocess.Popen(["taskset", "-c", server_core, *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(metrics_port, proc)
+        rss_start = rss_mib(proc.pid)
+        url = f"https://127.0.0.1:{port}/validate"
+        run_wrk(url, urls["bodies"], duration=2, connections=opts.connections, core=client_core,
+                workdir=workdir)  # warm-up: memo, digests, allocator
+        peak = run_wrk(url, urls["bodies"], duration=opts.duration,
+                       connections=opts.connections, core=client_core, workdir=workdir)
+        fixed = run_fixed_rate(url, urls["bodies"], urls["ca"], rate=opts.rate,
+                               duration=opts.duration, core=client_core)
+        results[label] = {**peak, "fixed": fixed, "rss_start_mib": rss_start,
+                          "rss_end_mib": rss_mib(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def main_run(opts: argparse.Namespace) -> int:
+    if not shutil.which("wrk") or not shutil.which("taskset"):
+        print("needs wrk and taskset (apt-get install wrk util-linux)", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="changegate-bench-"))
+    cert, key, ca_file, state, bodies = prepare(workdir)
+    results: dict[str, Any] = {}
+    py = sys.executable
+    common = {"bodies": bodies, "ca": ca_file}
+
+    def ports() -> dict[str, Any]:
+        return {"port": free_port(), "metrics_port": free_port(), **common}
+
+    p = ports()
+    measure("allow-all", [py, __file__, "allow-all", "--port", str(p["port"]),
+                          "--metrics-port", str(p["metrics_port"]), "--cert", str(cert),
+                          "--key", str(key)], opts, p, results, workdir)
+    serve = [py, "-m", "changegate", "serve", "--tls-cert", str(cert), "--tls-key", str(key),
+             "--address", "127.0.0.1", "--log-level", "warning"]
+    p = ports()
+    measure("serve --static", [*serve, "--port", str(p["port"]), "--metrics-port",
+                               str(p["metrics_port"]), "--static", str(state)],
+            opts, p, results, workdir)
+    if opts.approvals:
+        api_port = free_port()
+        (workdir / "trust.yaml").write_text((state / "trust.yaml").read_text())
+        (workdir / "objects.yaml").write_text((state / "objects.yaml").read_text())
+        fake = subprocess.Popen(
+            ["taskset", "-c", opts.cores.split(",")[1], py, __file__, "fake-api", "--port",
+             str(api_port), "--approvals", str(opts.approvals), "--state", str(workdir)],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert fake.stdout is not None and fake.stdout.readline().strip() == "READY"
+            kubeconfig = workdir / "kubeconfig"
+            kubeconfig.write_text(json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {
+                    "server": f"http://127.0.0.1:{api_port}"}}],
+                "users": [{"name": "u", "user": {"token": "bench"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
+            p = ports()
+            measure(f"serve, {opts.approvals} approvals cached",
+                    [*serve, "--port", str(p["port"]), "--metrics-port",
+                     str(p["metrics_port"]), "--kubeconfig", str(kubeconfig),
+                     "--namespace", "changegate"], opts, p, results, workdir)
+        finally:
+            fake.terminate()
+            fake.wait(timeout=20)
+    report(results, opts)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def report(results: dict[str, Any], opts: argparse.Namespace) -> None:
+    base = results["allow-all"]["rps"]
+    print(f"\n{len(list(FIXTURES.glob('*.json')))} fixture reviews round-robin, TLS, keep-alive,"
+          f" {opts.connections} connections, {opts.duration} s; server on core "
+          f"{opts.cores.split(',')[0]}, clients on core {opts.cores.split(',')[1]}")
+    header = (f"{'server':36} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} | "
+              f"{'@' + str(opts.rate) + '/s p50':>10} {'p99':>6} {'max':>6} | {'RSS MiB':>8}")
+    print(header)
+    print("-" * len(header))
+    for label, r in results.items():
+        f = r["fixed"]
+        print(f"{label:36} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+              f"{r['rps'] / base:6.2f} | {f['p50_ms']:10.2f} {f['p99_ms']:6.2f} "
+              f"{f['max_ms']:6.1f} | {r['rss_end_mib']:8.1f}"
+              + (f"  errors={r['errors'] + f['errors']}" if r["errors"] + f["errors"] else ""))
+    print("\ntargets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, >= 0.5 of allow-all, "
+          "RSS <= 200 MiB with 10,000 approvals")
+    print("JSON " + json.dumps(results))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode")
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--approvals", type=int, default=10_000)
+    parser.add_argument("--cores", default="0,1", help="server core,client core")
+    a = sub.add_parser("allow-all")
+    a.add_argument("--port", type=int, required=True)
+    a.add_argument("--metrics-port", type=int, required=True)
+    a.add_argument("--cert", required=True)
+    a.add_argument("--key", required=True)
+    f = sub.add_parser("fake-api")
+    f.add_argument("--port", type=int, required=True)
+    f.add_argument("--approvals", type=int, required=True)
+    f.add_argument("--state", required=True)
+    c = sub.add_parser("rate-client")
+    c.add_argument("--url", required=True)
+    c.add_argument("--ca", required=True)
+    c.add_argument("--rate", type=int, required=True)
+    c.add_argument("--duration", type=int, required=True)
+    c.add_argument("--connections", type=int, default=16)
+    c.add_argument("--body", dest="bodies", action="append", required=True)
+    opts = parser.parse_args()
+    if opts.mode == "allow-all":
+        allow_all(opts)
+    elif opts.mode == "fake-api":
+        fake_api(opts)
+    elif opts.mode == "rate-client":
+        fixed_rate_client(opts)
+    else:
+        return main_run(opts)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    sys.exit(main())
