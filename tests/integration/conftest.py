@@ -134,10 +134,18 @@ def start_server(tmp_path: Path, ca: TestCA) -> Iterator[Any]:
         server.stop()
 
 
-@pytest.fixture
-def static_server(tmp_path: Path, start_server: Any) -> Any:
-    """serve --static with the default policy and the support trust store."""
-    return start_server("--static", str(write_state(tmp_path / "state")))
+@pytest.fixture(scope="module")
+def static_server(tmp_path_factory: pytest.TempPathFactory, ca: TestCA) -> Iterator[Server]:
+    """serve --static with the default policy and the support trust store, one per module
+    (it keeps no state a test could change)."""
+    work = tmp_path_factory.mktemp("static")
+    cert, key, _ = ca.issue(work / "tls")
+    server = Server(["--static", str(write_state(work / "state"))], work, ca, cert=cert,
+                    key=key)
+    try:
+        yield server.wait()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -109,8 +109,10 @@ async def test_an_invalid_trust_store_keeps_the_replica_ready_denying_until_it_i
     assert "changegate_config_valid 0.0" in metrics
 
 
-async def test_sigterm_stops_the_server_cleanly(static_server):
-    assert static_server.stop() == 0
+def test_sigterm_stops_the_server_cleanly(tmp_path, start_server):
+    server = start_server("--static", str(write_state(tmp_path / "s")))
+    assert server.stop() == 0
+    assert any(r.get("msg") == "stopping" for r in server.log_records())
 
 
 @pytest.mark.parametrize(("args", "env", "needle"), [
