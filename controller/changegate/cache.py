@@ -44,7 +44,7 @@ log = logging.getLogger("changegate.cache")
 # just-created approval might turn. Concurrent misses in a namespace share one list; at
 # most READ_THROUGH_PARALLEL lists run at once, so a burst of denials cannot flood the API.
 READ_THROUGH_PARALLEL = 2
-READ_THROUGH_REUSE_SECONDS = 0.25  # a list this fresh is reused rather than repeated
+READ_THROUGH_REUSE_SECONDS = 1.0  # a list this fresh is reused: at most 1 LIST/s per namespace
 
 
 def _meta(obj: dict[str, Any]) -> tuple[str, str]:
@@ -83,6 +83,7 @@ class KubeCache:
         self._policy: Policy | None = None
         self._trust_error = self._policy_error = "not loaded yet"
         self._snapshot = Snapshot(trust=None, policy=None, process=process, ready=False)
+        self.generation = 0  # snapshots published so far (shown by /readyz)
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: dict[str, asyncio.Task[tuple[ApprovalObject, ...]]] = {}
         self._fresh: dict[str, tuple[float, tuple[ApprovalObject, ...]]] = {}
@@ -188,6 +189,7 @@ class KubeCache:
         self._publish(gauges=True)
 
     def _publish(self, *, gauges: bool = False) -> None:
+        self.generation += 1
         self._snapshot = Snapshot(
             trust=self._trust, policy=self._policy, process=self.process,
             namespaces=self._ns_view, approvals=self._approval_view,
@@ -346,6 +348,7 @@ class StaticSource:
         self.poll_seconds = poll_seconds
         self._seen = self._signature()
         self._snapshot = snapshot_from_dir(self.directory, process)  # errors stop the start
+        self.generation = 0
         self._publish()
 
     def _signature(self) -> tuple[tuple[str, int, int], ...]:
@@ -360,6 +363,7 @@ class StaticSource:
         return tuple(out)
 
     def _publish(self) -> None:
+        self.generation += 1
         metrics.observe_snapshot(self._snapshot, synced=True)
 
     def snapshot(self) -> Snapshot:
@@ -372,9 +376,10 @@ class StaticSource:
                            ) -> tuple[ApprovalObject, ...] | None:
         return None  # the files are the whole truth
 
-    def check(self) -> bool:
+    def check(self, *, force: bool = False) -> bool:
+        """Reload if a file changed (or always, with force: SIGHUP). True when reloaded."""
         seen = self._signature()
-        if seen == self._seen:
+        if seen == self._seen and not force:
             return False
         self._seen = seen
         try:

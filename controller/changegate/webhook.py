@@ -192,12 +192,25 @@ class Webhook:
     async def readyz(self, request: web.Request) -> web.Response:
         # Ready also with an invalid trust store or policy (SPEC §5): this replica then
         # denies gated changes with "configuration invalid" and the config guard can still
-        # admit the fix; taking it out of the Service would block that fix too.
-        if self.source.ready:
-            snap = self.source.snapshot()
-            note = f" (configuration invalid: {snap.config_error})" if snap.config_error else ""
-            return web.Response(text=f"ready{note}\n")
-        return web.Response(status=503, text=f"not ready: {self.source.not_ready_reason()}\n")
+        # admit the fix; taking it out of the Service would block that fix too. Probes read
+        # only the status; people read the text, tools ask for JSON (Accept) and get the
+        # snapshot `generation`, which a reload (SIGHUP with --static) increments.
+        generation = getattr(self.source, "generation", 0)
+        ready = self.source.ready
+        body: dict[str, object] = {"status": "ready" if ready else "not ready",
+                                   "generation": generation}
+        if not ready:
+            body["reason"] = self.source.not_ready_reason()
+        else:
+            error = self.source.snapshot().config_error
+            if error:
+                body["configError"] = f"configuration invalid: {error}"
+        status = 200 if ready else 503
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response(body, status=status)
+        detail = body.get("reason") or body.get("configError")
+        text = f"{body['status']}" + (f": {detail}" if detail else "")
+        return web.Response(text=f"{text} (generation {generation})\n", status=status)
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=metrics.exposition(),

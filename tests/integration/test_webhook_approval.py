@@ -118,3 +118,28 @@ async def test_an_approval_added_to_the_static_directory_takes_effect_while_serv
             break
     else:
         raise AssertionError("the new approval never took effect")
+
+
+async def test_sighup_reloads_the_static_directory_at_once(tmp_path, start_server, client):
+    import json
+    import signal
+    import urllib.request
+
+    review = fixture("deployment-update")
+    state = write_state(tmp_path / "state", trust=trust())
+    server = start_server("--static", str(state), "--static-poll-seconds", "3600")
+
+    def generation() -> int:
+        request = urllib.request.Request(server.metrics_url + "/readyz",
+                                         headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return int(json.loads(response.read())["generation"])
+
+    before = generation()
+    (state / "approval.yaml").write_text(yaml.safe_dump(approval(review, BOB, CAROL)))
+    server.proc.send_signal(signal.SIGHUP)
+    for _ in range(100):
+        if generation() > before:
+            break
+        await asyncio.sleep(0.05)
+    assert (await decide(client, server, review))["allowed"] is True

@@ -145,3 +145,14 @@ def _now_minus_hour():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+async def test_readyz_tells_tools_the_generation_in_json():
+    source = Source()
+    source.generation = 7  # type: ignore[attr-defined]
+    hook = Webhook(source, ServeConfig())
+    async with TestClient(TestServer(make_metrics_app(hook))) as client:
+        text = await (await client.get("/readyz")).text()
+        assert text.startswith("ready") and "(generation 7)" in text
+        body = await (await client.get("/readyz", headers={"Accept": "application/json"})).json()
+        assert body == {"status": "ready", "generation": 7}

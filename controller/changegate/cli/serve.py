@@ -125,6 +125,8 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
     if static is not None:
         source = static
         background.append(asyncio.ensure_future(static.run()))
+        # SIGHUP: reload DIR now, without waiting for the poll (the demo, scripts).
+        loop.add_signal_handler(signal.SIGHUP, lambda: static.check(force=True))
     else:
         from changegate import kube
         from changegate.cache import KubeCache
