@@ -50,9 +50,14 @@ class Write:
 
     def send(self, api: Api, *, dry_run: bool) -> Response:
         query = dict(self.query)
+        body = self.body
         if dry_run:
             query["dryRun"] = "All"
-        return api.call(self.method, self.path, query=query, body=self.body,
+            if isinstance(body, dict) and body.get("kind") == "DeleteOptions":
+                # A DELETE with a body takes its options from the body alone: the API
+                # server ignores the query's dryRun then, and would really delete.
+                body = {**body, "dryRun": ["All"]}
+        return api.call(self.method, self.path, query=query, body=body,
                         content_type=self.content_type)
 
 
