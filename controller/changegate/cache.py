@@ -41,10 +41,9 @@ if TYPE_CHECKING:  # feeds imports kubernetes.aio (~13 MiB): not for serve --sta
 log = logging.getLogger("changegate.cache")
 
 # Read-through (DESIGN.md): one namespace's ChangeApprovals, re-listed for a denial that a
-# just-created approval might turn. Concurrent misses in a namespace share one list; at
-# most READ_THROUGH_PARALLEL lists run at once, so a burst of denials cannot flood the API.
+# just-created approval might turn (bounded: see read_through).
 READ_THROUGH_PARALLEL = 2
-READ_THROUGH_REUSE_SECONDS = 1.0  # a list this fresh is reused: at most 1 LIST/s per namespace
+READ_THROUGH_QUEUE = 16  # read-throughs waiting or running; beyond, none is started
 
 
 def _meta(obj: dict[str, Any]) -> tuple[str, str]:
@@ -85,8 +84,7 @@ class KubeCache:
         self._snapshot = Snapshot(trust=None, policy=None, process=process, ready=False)
         self.generation = 0  # snapshots published so far (shown by /readyz)
         self._tasks: list[asyncio.Task[None]] = []
-        self._inflight: dict[str, asyncio.Task[tuple[ApprovalObject, ...]]] = {}
-        self._fresh: dict[str, tuple[float, tuple[ApprovalObject, ...]]] = {}
+        self._pending_lists = 0
         self._read_slots = asyncio.Semaphore(READ_THROUGH_PARALLEL)
         feeds = [
             Feed("changeapprovals", self.custom.list_cluster_custom_object,
@@ -124,31 +122,23 @@ class KubeCache:
 
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None:
-        loop = asyncio.get_running_loop()
-        fresh = self._fresh.get(namespace)
-        if fresh is not None and loop.time() - fresh[0] < READ_THROUGH_REUSE_SECONDS:
-            return fresh[1]
-        task = self._inflight.get(namespace)
-        if task is None:
-            task = asyncio.ensure_future(self._list_namespace(namespace, timeout))
-            self._inflight[namespace] = task
-            task.add_done_callback(lambda t: self._read_done(namespace, t))
+        """The namespace's ChangeApprovals, listed now. Never a list begun before the request:
+        it could miss the approval created just before it, the one case this is for. A storm
+        of denials cannot flood the API: READ_THROUGH_PARALLEL lists at a time, and none at
+        all while READ_THROUGH_QUEUE are waiting (the watch has to do then)."""
+        if self._pending_lists >= READ_THROUGH_QUEUE:
+            return None
+        self._pending_lists += 1
         try:
-            # shield: a caller that gives up must not cancel the list others wait for.
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
+            return await asyncio.wait_for(self._list_namespace(namespace, timeout), timeout)
         except TimeoutError:
             return None
         except Exception as exc:  # noqa: BLE001 - a failed read-through only means no retry
             log.info("read-through failed", extra={"fields": {"namespace": namespace,
                                                               "error": str(exc)[:200]}})
             return None
-
-    def _read_done(self, namespace: str, task: asyncio.Task[Any]) -> None:
-        self._inflight.pop(namespace, None)
-        if not task.cancelled() and task.exception() is None:
-            self._fresh[namespace] = (asyncio.get_running_loop().time(), task.result())
-            if len(self._fresh) > 1000:  # bounded: one entry per namespace seen lately
-                self._fresh.clear()
+        finally:
+            self._pending_lists -= 1
 
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
@@ -173,9 +163,9 @@ class KubeCache:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.runners]
 
     async def stop(self) -> None:
-        for task in [*self._tasks, *self._inflight.values()]:
+        for task in self._tasks:
             task.cancel()
-        for task in [*self._tasks, *self._inflight.values()]:
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await task
         self._tasks = []

@@ -60,6 +60,7 @@ class FakeAPI:
         self._held_events: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.page_size: int | None = None
+        self.list_delay = 0.0  # seconds each list takes (a slow API server)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -177,6 +178,8 @@ class FakeAPI:
         plural, namespace = self._route(request.path)
         if query.get("watch") in ("true", "1", "True"):
             return await self._watch(request, plural, namespace, query)
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
         items = sorted((o for (ns, _), o in self.objects[plural].items()
                         if namespace is None or ns == namespace),
                        key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))

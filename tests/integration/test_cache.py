@@ -243,6 +243,43 @@ async def test_a_just_created_approval_is_found_by_the_read_through(fake, make_c
     await eventually(lambda: len(cache.snapshot().approvals_in("payments")) == 1)
 
 
+async def test_a_read_through_never_reuses_a_list_older_than_the_request(fake, make_cache):
+    seed(fake)
+    await fake.start()
+    cache = make_cache(fake)
+    await eventually(lambda: len(fake.watchers) == 4)
+    fake.hold("changeapprovals")
+    review = fixture("deployment-update")
+    dry = copy.deepcopy(review)
+    dry["request"]["dryRun"] = True
+    assert (await ask(cache, dry))["auditAnnotations"]["changegate.io/decision"] == \
+        "warned:no_approval"  # that read-through listed nothing
+    fake.put(fresh(review, "bob", "carol"))  # created, watch event still held back
+    assert (await ask(cache, review))["allowed"] is True
+    fake.release("changeapprovals")
+
+
+async def test_a_storm_of_denials_cannot_flood_the_api_with_read_throughs(fake, make_cache):
+    from changegate import cache as cache_module
+
+    seed(fake)
+    await fake.start()
+    cache = make_cache(fake)
+    await eventually(lambda: cache.ready)
+    fake.list_delay = 0.05  # a slowish API server: read-throughs queue up
+    review = fixture("deployment-update")
+    hook = Webhook(cache, ServeConfig())
+    async with TestClient(TestServer(make_app(hook))) as http:
+        answers = await asyncio.gather(*(http.post("/validate", json=review)
+                                         for _ in range(40)))
+        assert all(a.status == 200 for a in answers)
+        bodies = [await a.json() for a in answers]
+        assert not any(b["response"]["allowed"] for b in bodies)
+    lists = [path for path, q in fake.requests
+             if path.endswith("/namespaces/payments/changeapprovals")]
+    assert 1 <= len(lists) <= cache_module.READ_THROUGH_QUEUE
+
+
 async def test_paged_lists_are_followed_to_the_end(fake, make_cache):
     seed(fake)
     review = fixture("deployment-update")
