@@ -225,11 +225,6 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     p = st.predicate
     result.record, result.nonce = p.changeRecord.id, p.nonce
     add = result.problems.append
-    if p.nonce in used:
-        add(Problem("approval_used", f"approval {name} was already used (its nonce is in the "
-                                     "ledger); request a new one"))
-    elif phase in ("Applied", "Expired"):
-        add(Problem("approval_used", f"approval {name} is {phase}"))
     if p.operation != change.operation:
         add(Problem("operation_mismatch", f"approval is for {p.operation}, request is "
                                           f"{change.operation}"))
@@ -246,6 +241,12 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     if p.toDigest != change.to_digest:
         add(Problem("digest_mismatch", f"approval produces {p.toDigest}, this request "
                                        f"produces {change.to_digest}"))
+    # After "is this the change?": for another change, that is the useful answer.
+    if p.nonce in used:
+        add(Problem("approval_used", f"approval {name} was already used (its nonce is in the "
+                                     "ledger); request a new one"))
+    elif phase in ("Applied", "Expired"):
+        add(Problem("approval_used", f"approval {name} is {phase}"))
     if p.cluster != cluster:
         add(Problem("cluster_mismatch", f"approval is for cluster {p.cluster!r}, this is "
                                         f"{cluster!r}"))
