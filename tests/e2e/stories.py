@@ -381,16 +381,18 @@ class Gate:
         return webhook_calls(self.cluster, entry)
 
     def namespace(self, story: str, *objs: dict[str, Any], tier1: bool = True,
-                  annotations: dict[str, str] | None = None, user: str = "alice") -> str:
+                  annotations: dict[str, str] | None = None, user: str = "alice",
+                  server_side: bool = False) -> str:
         """A story's namespace: the team's objects applied by `user` (client-side apply,
-        so they carry last-applied like a team's), then the namespace is onboarded as
-        tier-1 and returns once changegate gates it."""
+        so they carry last-applied like a team's; or server-side apply), then the namespace
+        is onboarded as tier-1 and returns once changegate gates it."""
         name = f"{story}-{SUFFIX}"
         self.namespaces.append(name)
         self.cluster.create_namespace(name, {})
         if objs:
             body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)})
-            r = self.kubectl(user, "apply", "-n", name, "-f", "-", input=body)
+            mode = ("--server-side",) if server_side else ()
+            r = self.kubectl(user, "apply", *mode, "-n", name, "-f", "-", input=body)
             assert r.rc == 0, r.err
         if tier1 or annotations:
             patch = {"metadata": {"labels": {"tier": "tier-1"} if tier1 else {},
