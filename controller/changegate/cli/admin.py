@@ -155,15 +155,35 @@ def _stamp(reason: str) -> str:
 
 
 @click.group("break-glass", invoke_without_command=False)
-@click.option("--reason", required=True, help="Incident and reason, e.g. 'INC-123 rollback'.")
-@click.option("-n", "--namespace", required=True)
+@click.option("--reason", help="[required] Incident and reason, e.g. 'INC-123 rollback'.")
+@click.option("-n", "--namespace", help="[required] Namespace (here or after the subcommand).")
 @with_kube
 @click.pass_context
-def break_glass(ctx: click.Context, reason: str, namespace: str, kubeconfig: str | None,
-                context: str | None) -> None:
+def break_glass(ctx: click.Context, reason: str | None, namespace: str | None,
+                kubeconfig: str | None, context: str | None) -> None:
     """The on-call path: one write carrying a fresh break-glass annotation, loud and recorded."""
-    ctx.obj = {"reason": reason, "namespace": namespace,
-               "api": sync_client(kubeconfig, context)}
+    # Checked and connected when a subcommand runs, so `break-glass scale --help` works
+    # and -n/--kubeconfig/--context may also follow the subcommand, as in kubectl.
+    ctx.obj = {"reason": reason, "namespace": namespace, "kubeconfig": kubeconfig,
+               "context": context}
+
+
+def _where(fn: Any) -> Any:
+    """-n, --kubeconfig and --context after the subcommand too; there they win."""
+    fn = click.option("--context", "sub_context", help="The kubeconfig context to use.")(fn)
+    fn = click.option("--kubeconfig", "sub_kubeconfig", help="Path to the kubeconfig file.")(fn)
+    return click.option("-n", "--namespace", "sub_namespace", help="Namespace.")(fn)
+
+
+def _connect(ctx: click.Context, sub_namespace: str | None, sub_kubeconfig: str | None,
+             sub_context: str | None) -> None:
+    obj = ctx.obj
+    if not obj["reason"]:
+        raise click.UsageError("Missing option '--reason'.", ctx)
+    obj["namespace"] = sub_namespace or obj["namespace"]
+    if not obj["namespace"]:
+        raise click.UsageError("Missing option '-n' / '--namespace'.", ctx)
+    obj["api"] = sync_client(sub_kubeconfig or obj["kubeconfig"], sub_context or obj["context"])
 
 
 def _patch_deployment(ctx: click.Context, name: str, spec: dict[str, Any]) -> None:
@@ -183,11 +203,14 @@ def _patch_deployment(ctx: click.Context, name: str, spec: dict[str, Any]) -> No
 @click.argument("ref")
 @click.option("--to-revision", type=int, default=0, help="Revision to roll back to "
               "(default: the previous one).")
+@_where
 @click.pass_context
-def rollback(ctx: click.Context, ref: str, to_revision: int) -> None:
+def rollback(ctx: click.Context, ref: str, to_revision: int, sub_namespace: str | None,
+             sub_kubeconfig: str | None, sub_context: str | None) -> None:
     """Roll deployment/NAME back to a previous ReplicaSet's template."""
     from kubernetes import client
 
+    _connect(ctx, sub_namespace, sub_kubeconfig, sub_context)
     name, ns = _target(ref), ctx.obj["namespace"]
     apps = client.AppsV1Api(ctx.obj["api"])
     deployment = call(apps.read_namespaced_deployment, name, ns)
@@ -210,16 +233,22 @@ def rollback(ctx: click.Context, ref: str, to_revision: int) -> None:
 
 @break_glass.command()
 @click.argument("ref")
+@_where
 @click.pass_context
-def pause(ctx: click.Context, ref: str) -> None:
+def pause(ctx: click.Context, ref: str, sub_namespace: str | None, sub_kubeconfig: str | None,
+          sub_context: str | None) -> None:
     """Pause deployment/NAME's rollout."""
+    _connect(ctx, sub_namespace, sub_kubeconfig, sub_context)
     _patch_deployment(ctx, _target(ref), {"paused": True})
 
 
 @break_glass.command()
 @click.argument("ref")
 @click.option("--replicas", type=int, required=True)
+@_where
 @click.pass_context
-def scale(ctx: click.Context, ref: str, replicas: int) -> None:
+def scale(ctx: click.Context, ref: str, replicas: int, sub_namespace: str | None,
+          sub_kubeconfig: str | None, sub_context: str | None) -> None:
     """Set deployment/NAME's replicas."""
+    _connect(ctx, sub_namespace, sub_kubeconfig, sub_context)
     _patch_deployment(ctx, _target(ref), {"replicas": replicas})
