@@ -142,8 +142,9 @@ def _http(url: str, timeout: float = 2.0) -> tuple[int, str]:
 class Gate:
     """changegate installed on the session's cluster: serve + operator + the chart's VWC."""
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: Any, *, operator: bool = True) -> None:
         self.cluster = cluster
+        self.with_operator = operator
         self.work = Path(tempfile.mkdtemp(prefix="changegate-stories-"))
         self.port, self.metrics_port = free_port(), free_port()
         self.operator_port = free_port()
@@ -209,7 +210,20 @@ class Gate:
         register_webhook(c, self.vwc, probe=probe_configmap(self.probe_ns),
                          webhook="configmaps.changegate.io")
         self.registered = True
-        self.start_operator()
+        if self.with_operator:
+            self.start_operator()
+
+    def register(self) -> None:
+        """(Again) register the chart's webhook configuration; returns once it is called."""
+        register_webhook(self.cluster, self.vwc, probe=probe_configmap(self.probe_ns),
+                         webhook="configmaps.changegate.io")
+        self.registered = True
+
+    def unregister(self) -> None:
+        """Remove it; returns once the API server no longer calls it."""
+        unregister_webhook(self.cluster, self.vwc, probe=probe_configmap(self.probe_ns),
+                           webhook="configmaps.changegate.io")
+        self.registered = False
 
     def _story_rbac(self) -> list[dict[str, Any]]:
         """dana (on call) may edit namespaces, as may the policy admins: so the namespace
@@ -301,8 +315,7 @@ class Gate:
         atexit.unregister(self.close)
         try:
             if self.registered and self.serve is not None and self.serve.poll() is None:
-                unregister_webhook(self.cluster, self.vwc, probe=probe_configmap(self.probe_ns),
-                                   webhook="configmaps.changegate.io")
+                self.unregister()
             elif self.registered:
                 self.cluster.kubectl("admin", "delete", "validatingwebhookconfiguration",
                                      self.vwc["metadata"]["name"], "--ignore-not-found")
