@@ -34,16 +34,15 @@ from changegate.core.snapshot import (
 from changegate.core.trust import TrustStore, load_trust_store
 from changegate.files import snapshot_from_dir
 from changegate.kube import GROUP, PLURAL, VERSION
+from changegate.readthrough import ReadThrough
 
 if TYPE_CHECKING:  # feeds imports kubernetes.aio (~13 MiB): not for serve --static
     from changegate.feeds import FeedRunner
 
 log = logging.getLogger("changegate.cache")
 
-# Read-through (DESIGN.md): one namespace's ChangeApprovals, re-listed for a denial that a
-# just-created approval might turn (bounded: see read_through).
+# Read-throughs (changegate.readthrough) listing at the same time, over all namespaces.
 READ_THROUGH_PARALLEL = 2
-READ_THROUGH_QUEUE = 16  # read-throughs waiting or running; beyond, none is started
 
 
 def _meta(obj: dict[str, Any]) -> tuple[str, str]:
@@ -84,7 +83,7 @@ class KubeCache:
         self._snapshot = Snapshot(trust=None, policy=None, process=process, ready=False)
         self.generation = 0  # snapshots published so far (shown by /readyz)
         self._tasks: list[asyncio.Task[None]] = []
-        self._pending_lists = 0
+        self._read_through = ReadThrough(self._list_namespace)
         self._read_slots = asyncio.Semaphore(READ_THROUGH_PARALLEL)
         feeds = [
             Feed("changeapprovals", self.custom.list_cluster_custom_object,
@@ -122,23 +121,7 @@ class KubeCache:
 
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None:
-        """The namespace's ChangeApprovals, listed now. Never a list begun before the request:
-        it could miss the approval created just before it, the one case this is for. A storm
-        of denials cannot flood the API: READ_THROUGH_PARALLEL lists at a time, and none at
-        all while READ_THROUGH_QUEUE are waiting (the watch has to do then)."""
-        if self._pending_lists >= READ_THROUGH_QUEUE:
-            return None
-        self._pending_lists += 1
-        try:
-            return await asyncio.wait_for(self._list_namespace(namespace, timeout), timeout)
-        except TimeoutError:
-            return None
-        except Exception as exc:  # noqa: BLE001 - a failed read-through only means no retry
-            log.info("read-through failed", extra={"fields": {"namespace": namespace,
-                                                              "error": str(exc)[:200]}})
-            return None
-        finally:
-            self._pending_lists -= 1
+        return await self._read_through(namespace, timeout)  # see changegate.readthrough
 
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
@@ -155,7 +138,8 @@ class KubeCache:
         if status != 200:
             raise FeedError(f"HTTP {status}: {_message(body)}")
         items = orjson.loads(body).get("items") or []
-        return tuple(compact_approval(o) for o in items)
+        # Used for one decision and dropped: not worth compacting.
+        return tuple(ApprovalObject.from_object(o) for o in items)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,6 +147,7 @@ class KubeCache:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.runners]
 
     async def stop(self) -> None:
+        await self._read_through.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

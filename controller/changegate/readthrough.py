@@ -1,0 +1,117 @@
+"""The bounded read-through (DESIGN.md): one namespace's ChangeApprovals listed from the API
+for a denial that an approval created a moment ago, not yet seen by the watch, might turn.
+
+Two rules make it safe and cheap:
+- Fresh: a request only ever uses a list sent after it arrived. A list already sent may
+  have been answered before the approval existed, so a request that finds one in flight
+  waits for the next, which is sent when the running one ends.
+- Coalesced and bounded: per namespace at most one list runs and one is queued, shared by
+  every request waiting for it, so a storm of denials costs about one list per list
+  latency, not one per request; and no new wait begins while QUEUE requests already wait
+  (the watch has to do then). A read-through that fails or runs out of time is simply no
+  second chance: the denial stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from changegate.core.snapshot import ApprovalObject
+
+log = logging.getLogger("changegate.cache")
+
+Approvals = tuple[ApprovalObject, ...]
+QUEUE = 64  # requests waiting for a read-through, over all namespaces
+
+
+@dataclass
+class _Namespace:
+    running: asyncio.Future[Approvals] | None = None
+    sent: bool = False  # the running list's request has gone out (too old to join now)
+    queued: asyncio.Future[Approvals] | None = None
+
+
+class ReadThrough:
+    def __init__(self, lister: Callable[[str, float], Awaitable[Approvals]], *,
+                 list_timeout: float = 2.0) -> None:
+        self.lister = lister
+        self.list_timeout = list_timeout
+        self.lists = 0
+        self.waiting = 0
+        self._namespaces: dict[str, _Namespace] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, namespace: str, timeout: float) -> Approvals | None:
+        if self.waiting >= QUEUE:
+            return None
+        state = self._namespaces.setdefault(namespace, _Namespace())
+        loop = asyncio.get_running_loop()
+        if state.running is None:
+            state.running = loop.create_future()
+            self._start(namespace, state, state.running)
+            future = state.running
+        elif not state.sent:  # not asked yet: its answer is as fresh as we need
+            future = state.running
+        else:  # asked before we arrived: ours is the next one
+            if state.queued is None:
+                state.queued = loop.create_future()
+            future = state.queued
+        self.waiting += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return None
+        except asyncio.CancelledError:
+            if future.cancelled():  # closed under us, not our caller cancelling
+                return None
+            raise
+        except Exception as exc:  # noqa: BLE001 - no second chance, the denial stands
+            log.info("read-through failed", extra={"fields": {"namespace": namespace,
+                                                              "error": str(exc)[:200]}})
+            return None
+        finally:
+            self.waiting -= 1
+
+    def _start(self, namespace: str, state: _Namespace,
+               future: asyncio.Future[Approvals]) -> None:
+        task = asyncio.ensure_future(self._run(namespace, state, future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, namespace: str, state: _Namespace,
+                   future: asyncio.Future[Approvals]) -> None:
+        self.lists += 1
+        state.sent = True
+        try:
+            result = await asyncio.wait_for(self.lister(namespace, self.list_timeout),
+                                            self.list_timeout)
+        except asyncio.CancelledError:  # closing: no next list
+            future.cancel()
+            if state.queued is not None:
+                state.queued.cancel()
+            state.running = state.queued = None
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every waiter
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved here: waiters may all have given up
+        else:
+            if not future.done():
+                future.set_result(result)
+        if state.queued is not None:  # the next list begins now, after its waiters came
+            state.running, state.queued, state.sent = state.queued, None, False
+            self._start(namespace, state, state.running)
+        else:
+            state.running = None
+            self._namespaces.pop(namespace, None)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,96 @@
+"""The read-through's two rules: never a list older than the request; coalesced, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from changegate import readthrough
+from changegate.readthrough import ReadThrough
+
+
+class Lister:
+    """A fake API: each list returns the state as it is when the list *begins*."""
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+        self.state = 0
+        self.calls = 0
+        self.fail = False
+
+    async def __call__(self, namespace: str, timeout: float):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        seen = self.state
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("API down")
+        return (seen,)
+
+
+async def test_a_request_arriving_during_a_list_waits_for_the_next_one():
+    lister = Lister()
+    rt = ReadThrough(lister)
+    first = asyncio.ensure_future(rt("payments", 1.0))
+    await asyncio.sleep(0.01)  # the first list has begun (it saw state 0)...
+    lister.state = 1  # ...then the approval is created, then the second request arrives
+    second = await rt("payments", 1.0)
+    assert await first == (0,)
+    assert second == (1,)  # not the running list's stale answer
+    await rt.close()
+
+
+async def test_a_storm_shares_a_list_or_two():
+    lister = Lister()
+    rt = ReadThrough(lister)
+    answers = await asyncio.gather(*(rt("payments", 1.0) for _ in range(50)))
+    assert all(a == (0,) for a in answers)
+    assert lister.calls == 1
+    more = await asyncio.gather(*(rt("payments", 1.0) for _ in range(30)),
+                                *(rt("shipping", 1.0) for _ in range(30)))
+    assert all(a is not None for a in more)
+    assert lister.calls == 3  # one per namespace (a finished list is never reused)
+    late = asyncio.ensure_future(rt("payments", 1.0))
+    await asyncio.sleep(0.01)  # sent
+    assert await asyncio.gather(late, *(rt("payments", 1.0) for _ in range(20)))
+    assert lister.calls == 5  # the one in flight, and one after it for the late-comers
+    await rt.close()
+
+
+async def test_failures_and_timeouts_give_no_answer_and_the_next_request_works():
+    lister = Lister()
+    rt = ReadThrough(lister)
+    lister.fail = True
+    assert await rt("payments", 1.0) is None
+    lister.fail = False
+    lister.delay = 0.5
+    assert await rt("payments", 0.05) is None  # out of time: the denial stands
+    lister.delay = 0.01
+    await asyncio.sleep(0.6)
+    assert await rt("payments", 1.0) == (0,)
+    await rt.close()
+
+
+async def test_no_new_wait_begins_while_the_queue_is_full(monkeypatch):
+    monkeypatch.setattr(readthrough, "QUEUE", 5)
+    lister = Lister(delay=0.2)
+    rt = ReadThrough(lister)
+    answers = await asyncio.gather(*(rt(f"ns-{i}", 1.0) for i in range(8)))
+    assert sum(a is None for a in answers) == 3
+    assert lister.calls == 5
+    await rt.close()
+
+
+@pytest.mark.parametrize("queued", [False, True])
+async def test_close_cancels_what_is_running(queued):
+    lister = Lister(delay=10)
+    rt = ReadThrough(lister)
+    waiter = asyncio.ensure_future(rt("payments", 20))
+    await asyncio.sleep(0.01)
+    others = []
+    if queued:
+        others.append(asyncio.ensure_future(rt("payments", 20)))
+        await asyncio.sleep(0.01)
+    await rt.close()
+    assert await waiter is None
+    assert [await o for o in others] == [None] * len(others)
