@@ -158,7 +158,12 @@ class Webhook:
         snap = self.source.snapshot()
         now = self.clock()
         decision = decide(review, snap, now, self.context)
-        if (decision.code in READ_THROUGH_CODES and decision.outcome != "allowed"
+        # Only where a fresher approval could change the answer: a denial, or a dry-run
+        # (preflight) asking whether the real write would be denied. warn mode admits
+        # either way, and a consistent LIST takes ~100 ms: not for every write there.
+        if (decision.code in READ_THROUGH_CODES
+                and (decision.outcome == "denied"
+                     or (review.dry_run and decision.outcome == "warned"))
                 and getattr(self.source, "reads_through", True)):
             loop = asyncio.get_running_loop()
             budget = min(READ_THROUGH_SECONDS, deadline_at - loop.time() - MARGIN_SECONDS)
