@@ -424,3 +424,16 @@ def test_a_forged_signature_spoils_the_whole_approval():
     review = fixture("deployment-update")
     decision = run(review, sign(forged(approval_for(review)), "erin"))
     assert not decision.allowed and decision.code == "signature_invalid"
+
+
+def test_an_approval_nobody_signed_yet_is_named_in_the_denial():
+    review = fixture("deployment-update")
+    decision = run(review, approval_for(review))
+    assert not decision.allowed and decision.code == "approvals_insufficient"
+    assert decision.message.splitlines()[-1].endswith("approvals=0/2 record=CHG-1234")
+    assert "changegate approve chg-1234 -n payments" in decision.message
+
+
+def test_an_unsigned_approval_for_another_change_says_so():
+    decision = run(other_review(), approval_for(fixture("deployment-update")))
+    assert not decision.allowed and decision.code == "digest_mismatch"

@@ -13,8 +13,9 @@ from tests.support import NOW, approval_for, fixture, key, sign, snapshot, trust
 
 
 def review(resource, operation, *, obj, old=None, user="alice", groups=(), namespace="payments",
-           name="x", group="", kind="X", sub="", dry=False):
-    req = {"uid": "u-1", "kind": {"group": group, "version": "v1", "kind": kind},
+           name="x", group="", kind="X", sub="", dry=False, kind_group=None):
+    kind_group = group if kind_group is None else kind_group
+    req = {"uid": "u-1", "kind": {"group": kind_group, "version": "v1", "kind": kind},
            "resource": {"group": group, "version": "v1", "resource": resource},
            "name": name, "namespace": namespace, "operation": operation,
            "userInfo": {"username": user, "groups": [*groups, "system:authenticated"]},
@@ -164,16 +165,25 @@ def test_only_the_operator_writes_the_ledger():
 # --- scale guard -----------------------------------------------------------------------------
 
 def scale(old, new, user="alice"):
-    obj = {"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": new}}
-    prev = {"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": old}}
-    return review("deployments", "UPDATE", obj=obj, old=prev, user=user, group="apps",
-                  kind="Scale", name="checkout", sub="scale")
+    """As kube-apiserver sends it: kind autoscaling/v1 Scale on resource apps/deployments,
+    and Scale omits replicas when they are 0."""
+    def body(n):
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "spec": {"replicas": n} if n else {}}
+    return review("deployments", "UPDATE", obj=body(new), old=body(old), user=user,
+                  group="apps", kind_group="autoscaling", kind="Scale", name="checkout",
+                  sub="scale")
 
 
 def test_scale_to_zero_by_a_person_is_denied_with_the_approval_path():
     decision = run(scale(3, 0))
     assert not decision.allowed and decision.code == "scale_down"
     assert "spec.replicas" in decision.message
+
+
+def test_scale_from_one_to_zero_is_a_scale_down():
+    decision = run(scale(1, 0))
+    assert not decision.allowed and decision.code == "scale_down"
 
 
 def test_scale_up_and_the_autoscaler_pass():

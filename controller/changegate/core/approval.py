@@ -46,6 +46,10 @@ class VerifiedApproval:
     signers: frozenset[str]  # every verified signer name, any role (trusted-creator check)
     problems: tuple[Problem, ...]
     signature_results: tuple[str, ...]  # valid | invalid | untrusted, one per signature
+    # The statement parsed WITHOUT a verified signature, when nobody has signed yet. Used
+    # only to explain a denial ("0/2 approvals under CHG-1"), never to admit: an approval
+    # with no verified approver can never fit (requiredApprovals >= 1).
+    unverified: Statement | None = None
 
 
 def decode_statement(spec: Mapping[str, Any]) -> bytes:
@@ -135,7 +139,8 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
                                     "as approvers"))
             signers[name] = "service-account"
     if not signers:
-        return VerifiedApproval(None, frozenset(), frozenset(), tuple(problems), tuple(results))
+        return VerifiedApproval(None, frozenset(), frozenset(), tuple(problems), tuple(results),
+                                unverified=_unverified(payload, spec, obj_namespace))
     try:
         statement = parse_statement(payload)
     except StatementError as exc:
@@ -157,6 +162,14 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
                                 f"{requester} requested this change and cannot approve it"))
     return VerifiedApproval(statement, frozenset(approvers), frozenset(signers),
                             tuple(problems), tuple(results))
+
+
+def _unverified(payload: bytes, spec: Mapping[str, Any], namespace: str) -> Statement | None:
+    try:
+        statement = parse_statement(payload)
+    except StatementError:
+        return None
+    return None if spec_mismatches(spec, statement, namespace) else statement
 
 
 class VerificationMemo:
@@ -217,7 +230,7 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     result = Fit(approval=name)
     result.problems.extend(p for p in verified.problems
                            if p.code not in ("approver_duplicate", "self_approval"))
-    st = verified.statement
+    st = verified.statement or verified.unverified
     if st is None:
         if not result.problems:
             result.problems.append(Problem("no_approval", "no signature verifies"))

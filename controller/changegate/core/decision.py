@@ -57,7 +57,7 @@ def decide(request: AdmissionRequest, snapshot: Snapshot, now: datetime,
 def _route(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context) -> Verdict:
     if req.sub_resource == "status":
         return Verdict.allow("not_gated", "status is never intercepted")
-    key = (req.group, req.resource)
+    key = (req.resource_group, req.resource)
     if key == ("", "namespaces"):
         return guards.namespace_guard(req, snap)
     if req.namespace == snap.process.namespace and key == ("", "configmaps"):

@@ -79,10 +79,13 @@ def _replicas(obj: Mapping[str, Any] | None) -> int | None:
 
 
 def replicas_decrease(req: AdmissionRequest) -> bool:
-    old, new = _replicas(req.old_object), _replicas(req.object)
-    if req.operation != "UPDATE" or old is None:
+    """Whether replicas go down. An absent value is what the API server means by it: a
+    Deployment defaults to 1, while autoscaling/v1 Scale omits 0 (`spec: {}` is zero)."""
+    if req.operation != "UPDATE":
         return False
-    return (new if new is not None else 1) < old
+    absent = 0 if req.sub_resource == "scale" else 1
+    old, new = _replicas(req.old_object), _replicas(req.object)
+    return (new if new is not None else absent) < (old if old is not None else absent)
 
 
 def tag_only_images(obj: Mapping[str, Any]) -> list[str]:

@@ -33,6 +33,9 @@ class AdmissionRequest:
     old_object: dict[str, Any] | None
     dry_run: bool
     user_extra: Mapping[str, Any] = field(default_factory=dict)
+    # request.resource.group: what the request is FOR. Route by this, never by the kind:
+    # deployments/scale arrives as kind autoscaling/v1 Scale on resource apps/deployments.
+    resource_group: str = ""
 
     @property
     def api_version(self) -> str:
@@ -102,6 +105,7 @@ def parse_review(doc: Any) -> AdmissionRequest:
         old_object=_obj(req, "oldObject"),
         dry_run=bool(req.get("dryRun")),
         user_extra=extra if isinstance(extra, dict) else {},
+        resource_group=str(resource.get("group") or ""),
     )
 
 
