@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,6 +327,11 @@ class Gate:
             for ns in [*self.namespaces, self.probe_ns]:
                 self.cluster.kubectl("admin", "delete", "namespace", ns, "--wait=false",
                                      "--ignore-not-found")
+            # Logs, tokens and the approvers' private keys: kept only when asked for.
+            if os.environ.get("CHANGEGATE_KEEP_STORIES"):
+                print(f"changegate stories: logs in {self.work}", file=sys.stderr)
+            else:
+                shutil.rmtree(self.work, ignore_errors=True)
 
     @staticmethod
     def tail(path: Path, lines: int = 40) -> str:
