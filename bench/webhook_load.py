@@ -395,8 +395,8 @@ def report(results: dict[str, Any], opts: argparse.Namespace) -> None:
     for label, r in results.items():
         f = r["fixed"]
         print(f"{label:36} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-              f"{r['rps'] / base:6.2f} {r['cpu_us']:10.0f} | {f['p50_ms']:10.2f} {f['p99_ms']:6.2f} "
-              f"{f['max_ms']:6.1f} | {r['rss_end_mib']:8.1f}"
+              f"{r['rps'] / base:6.2f} {r['cpu_us']:10.0f} | {f['p50_ms']:10.2f} "
+              f"{f['p99_ms']:6.2f} {f['max_ms']:6.1f} | {r['rss_end_mib']:8.1f}"
               + (f"  errors={r['errors'] + f['errors']}" if r["errors"] + f["errors"] else ""))
     print("\ntargets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, >= 0.5 of allow-all, "
           "RSS <= 200 MiB with 10,000 approvals")
