@@ -9,8 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from .stories import CONTROLLER, Gate, configmap, deployment, wait_for, write_manifest
 
 pytest_plugins = ["tests.e2e.stories"]  # the `gate` fixture: one serve for every story
@@ -50,12 +48,14 @@ def test_an_approved_change_is_admitted_once(gate: Gate, tmp_path: Path):
     ca = gate.approval(ns, "chg-2001-deployment-checkout")
     assert ca["spec"]["requestedBy"] == "alice"
 
-    # Requested is not approved: the API server refuses, the Deployment stays as it was.
+    # Requested is not approved: the API server refuses, naming the approval, 0/2 and its
+    # record; the Deployment stays as it was.
     r = gate.kubectl("alice", "apply", "-n", ns, "-f", str(v2))
     assert r.rc == 1, r.text
+    assert "reason: approvals_insufficient" in r.err
     line = r.machine_line()
     assert (line["from"], line["to"]) == (ca["spec"]["fromDigest"], ca["spec"]["toDigest"])
-    assert line["approvals"] == "0/2"
+    assert (line["approvals"], line["record"]) == ("0/2", "CHG-2001")
     assert image(gate, ns).endswith(":1.41.0")
 
     gate.approve("CHG-2001", ns, "bob")
@@ -125,7 +125,8 @@ def test_a_configmap_change_and_a_deployment_delete_under_one_record(gate: Gate,
     assert d.rc == 1, d.text
     assert 'admission webhook "deployments.changegate.io" denied the request' in d.err
     line = d.machine_line()
-    assert (line["op"], line["to"], line["approvals"]) == ("DELETE", "none", "0/2")
+    assert (line["op"], line["to"], line["approvals"], line["record"]) == (
+        "DELETE", "none", "0/2", "CHG-3001")
     assert line["from"] == delete["fromDigest"]
     assert gate.get("configmap", "checkout-config", ns)["data"] == settings
     assert gate.get("deployment", "legacy", ns) is not None
@@ -205,11 +206,6 @@ def test_a_signature_the_watch_delivered_is_not_undone_by_an_older_read_through(
     assert "reason: approvals_insufficient" in r.err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: an approval nobody has signed yet is not parsed (verify_approval returns no "
-    "statement when no signature verifies), so fit() reports `no_approval: no signature "
-    "verifies` with record=none and the next: line tells alice to request again; see the "
-    "report for the proposed change in changegate.core.decision"))
 def test_a_requested_change_waiting_for_approvals_is_denied_naming_its_approval(
         gate: Gate, tmp_path: Path):
     ns = gate.namespace("s2-waiting", deployment("checkout", "1.41.0"))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from .stories import HPA_USER, POLICY_ADMINS, Gate, deployment
 
 pytest_plugins = ["tests.e2e.stories"]  # the `gate` fixture: one serve for every story
@@ -18,17 +16,6 @@ def replicas(gate: Gate, ns: str) -> int:
     return int(gate.get("deployment", "checkout", ns)["spec"]["replicas"])
 
 
-SCALE_ROUTING = (
-    "core: parse_review takes `group` from request.kind, and for deployments/scale the API "
-    "server sends kind autoscaling/v1 Scale (resource apps/v1 deployments), so _route never "
-    "reaches the scale guard and answers `not_gated: deployments is not gated`: every "
-    "scale-down the chart sends is admitted. Fix: route by request.resource.group (report)")
-SCALE_ZERO = (
-    "core: guards.replicas_decrease reads an absent spec.replicas as 1, but autoscaling/v1 "
-    "Scale omits replicas when 0 (spec: {}), so 1 -> 0 looks like 1 -> 1 (report)")
-
-
-@pytest.mark.xfail(strict=True, reason=SCALE_ROUTING)
 def test_a_persons_scale_down_is_refused(gate: Gate):
     ns = gate.namespace("s5-scale", deployment("checkout", "1.41.0", replicas=3))
     r = gate.kubectl("alice", "scale", "deployment/checkout", "--replicas=2", "-n", ns)
@@ -43,8 +30,8 @@ def test_a_persons_scale_down_is_refused(gate: Gate):
     assert replicas(gate, ns) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=f"{SCALE_ROUTING}; and {SCALE_ZERO}")
 def test_a_persons_scale_from_one_to_zero_is_refused(gate: Gate):
+    """autoscaling/v1 Scale omits spec.replicas when it is 0 (`spec: {}`)."""
     ns = gate.namespace("s5-zero", deployment("checkout", "1.41.0", replicas=1))
     r = gate.kubectl("alice", "scale", "deployment/checkout", "--replicas=0", "-n", ns)
     assert r.rc == 1, f"the scale to zero was admitted: {r.text}"
@@ -64,9 +51,9 @@ def test_scale_ups_and_the_autoscaler_never_reach_the_webhook(gate: Gate):
     assert hpa.rc == 0, hpa.text
     assert replicas(gate, ns) == 1
     assert gate.calls("scale.changegate.io") == calls, "the webhook was called"
-    # A person's scale-down is sent to it (the chart's matchConditions; what the webhook
-    # answers is the xfail above).
-    gate.kubectl("alice", "scale", "deployment/checkout", "--replicas=0", "-n", ns)
+    # A person's scale-down is sent to it (the chart's matchConditions), and refused.
+    down = gate.kubectl("alice", "scale", "deployment/checkout", "--replicas=0", "-n", ns)
+    assert down.rc == 1 and "reason: scale_down" in down.err, down.text
     assert gate.calls("scale.changegate.io") == calls + 1
     assert gate.decision(namespace=ns, name="checkout", subResource="scale", user="alice")
 
