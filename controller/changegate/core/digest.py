@@ -105,36 +105,74 @@ def view(obj: Mapping[str, Any], rules: ViewRules = DEFAULT_RULES, *, autoscaled
     return out
 
 
+def _out_of_range(value: int) -> NotCanonicalError:
+    return NotCanonicalError(
+        f"the object holds the integer {value}, outside +-(2^53-1): it has no "
+        "RFC 8785 form, so no approval can name it")
+
+
+def _prune_dict(value: dict[Any, Any]) -> tuple[dict[Any, Any], bool]:
+    """Drop null-valued keys at every depth; also tell whether orjson's output is RFC 8785.
+
+    Hot path (twice per admission): leaves are handled inline by exact type, because a
+    call per leaf cost more than the rest of the walk.
+    """
+    out: dict[Any, Any] = {}
+    fast = True
+    for key, item in value.items():
+        if item is None:
+            continue
+        if fast and not (type(key) is str and key.isascii()):
+            fast = False
+        kind = type(item)
+        if kind is str or kind is bool:
+            out[key] = item
+        elif kind is dict:
+            out[key], item_fast = _prune_dict(item)
+            fast = fast and item_fast
+        elif kind is list:
+            out[key], item_fast = _prune_list(item)
+            fast = fast and item_fast
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise _out_of_range(item)
+            out[key] = item
+        else:
+            out[key], item_fast = _prune(item)
+            fast = fast and item_fast
+    return out, fast
+
+
+def _prune_list(value: list[Any]) -> tuple[list[Any], bool]:
+    out: list[Any] = []
+    fast = True
+    for item in value:
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            out.append(item)  # null stays in arrays: only null-valued *keys* are removed
+        elif kind is int:
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                raise _out_of_range(item)
+            out.append(item)
+        else:
+            pruned, item_fast = _prune(item)
+            out.append(pruned)
+            fast = fast and item_fast
+    return out, fast
+
+
 def _prune(value: Any) -> tuple[Any, bool]:
-    """Drop null-valued keys at every depth; also tell whether orjson's output is RFC 8785."""
+    """The general case (subclasses, floats, anything unusual): the reference decides."""
     if isinstance(value, dict):
-        fast = True
-        pruned: dict[str, Any] = {}
-        for key, item in value.items():
-            if item is None:
-                continue
-            if not isinstance(key, str) or not key.isascii():
-                fast = False
-            pruned[key], item_fast = _prune(item)
-            fast = fast and item_fast
-        return pruned, fast
+        return _prune_dict(value)
     if isinstance(value, list):
-        fast = True
-        items = []
-        for item in value:
-            pruned_item, item_fast = _prune(item)
-            items.append(pruned_item)
-            fast = fast and item_fast
-        return items, fast
+        return _prune_list(value)
     if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value, True
+        return value, type(value) in (bool, str, type(None))
     if isinstance(value, int):
         if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise NotCanonicalError(
-                f"the object holds the integer {value}, outside +-(2^53-1): it has no "
-                "RFC 8785 form, so no approval can name it"
-            )
-        return value, True
+            raise _out_of_range(value)
+        return value, type(value) is int
     return value, False  # floats and anything else: the reference decides
 
 

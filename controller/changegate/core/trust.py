@@ -49,6 +49,8 @@ class TrustStore:
         self.entries = entries
         self._by_keyid = keys
         self.version = version
+        # Per-namespace answers, asked on every admission; the store never changes.
+        self._eligible: dict[tuple[str, bool], frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self._by_keyid)
@@ -69,14 +71,19 @@ class TrustStore:
                 return trusted
         return None
 
-    def eligible_approvers(self, namespace: str, *, allow_service_accounts: bool) -> set[str]:
-        return {
-            e.name
-            for e in self.entries
-            if e.role == "approver"
-            and e.may_approve_in(namespace)
-            and (allow_service_accounts or not e.name.startswith("system:"))
-        }
+    def eligible_approvers(self, namespace: str, *, allow_service_accounts: bool
+                           ) -> frozenset[str]:
+        key = (namespace, allow_service_accounts)
+        found = self._eligible.get(key)
+        if found is None:
+            if len(self._eligible) > 10_000:
+                self._eligible.clear()
+            found = self._eligible[key] = frozenset(
+                e.name for e in self.entries
+                if e.role == "approver"
+                and e.may_approve_in(namespace)
+                and (allow_service_accounts or not e.name.startswith("system:")))
+        return found
 
 
 def _entry_label(index: int, raw: Any) -> str:
