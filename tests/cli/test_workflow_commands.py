@@ -27,7 +27,8 @@ def test_preflight_denies_until_approved_then_admits(kube, cg, manifests, keys):
     assert "0 admitted, 2 denied" in before.out
     assert cg("alice", "request", "-f", str(manifests), "--record", "CHG-1234").code == 0
     by_record = cg("alice", "preflight", "--record", "CHG-1234")
-    assert by_record.code == 1 and "no signature verifies" in by_record.out
+    # requested, nobody signed yet: the webhook names the approval and counts 0/2
+    assert by_record.code == 1 and "approvals_insufficient: 0/2 approvals" in by_record.out
     approve_all(cg, keys)
     after = cg("alice", "preflight", "-f", str(manifests))
     assert after.code == 0, after.out
