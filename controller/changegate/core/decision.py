@@ -19,6 +19,7 @@ from changegate.core.approval import (
     Problem,
     VerificationMemo,
     VerifiedApproval,
+    add_time_problems,
     best,
     fit,
     manifest_digest,
@@ -74,10 +75,6 @@ def _route(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context) -
     return _gated(req, snap, now, ctx, kind)
 
 
-def is_autoscaled(snap: Snapshot, policy: Policy, namespace: str, name: str) -> bool:
-    return policy.is_autoscaled(namespace, name) or (namespace, name) in snap.hpa_targets
-
-
 def _digest(ctx: Context, obj: dict[str, Any] | None, policy: Policy, autoscaled: bool,
             cache: bool) -> str:
     """Digest of ``obj``; the old object's is cached by (uid, resourceVersion)."""
@@ -122,7 +119,7 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         if writer.matches(req.username, req.groups, kind, req.namespace, req.name):
             return verdict.set_allow("exempt_writer", f"{req.username} is an exempt writer "
                                                       f"of {kind} {req.name}")
-    autoscaled = kind == "Deployment" and is_autoscaled(snap, policy, req.namespace, req.name)
+    autoscaled = kind == "Deployment" and snap.is_autoscaled(req.namespace, req.name)
     try:
         old = _digest(ctx, req.old_object, policy, autoscaled, cache=True)
         new = _digest(ctx, req.object, policy, autoscaled, cache=False)
@@ -253,7 +250,6 @@ def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: P
             return f"{other.name} under the same change record {record} is not valid yet"
         problems: list[Problem] = [q for q in verified.problems
                                    if q.code not in ("approver_duplicate", "self_approval")]
-        from changegate.core.approval import add_time_problems
         add_time_problems(st, now, policy.maxApprovalLifetime, problems.append)
         if len(verified.approvers) < settings.required_approvals:
             problems.append(Problem("approvals_insufficient",

@@ -4,9 +4,12 @@ one `kubectl label ns payments tier-` or one edited trust store walks around eve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from changegate.core.approval import (
     MAX_SIGNATURES,
@@ -16,6 +19,7 @@ from changegate.core.approval import (
     spec_mismatches,
     verify_approval,
 )
+from changegate.core.digest import view
 from changegate.core.dsse import b64decode
 from changegate.core.errors import ChangeGateError, StatementError
 from changegate.core.policy import (
@@ -120,7 +124,6 @@ def is_restart_only(req: AdmissionRequest, policy: Policy) -> bool:
     touched = any((new_template.get("metadata") or {}).get("annotations", {}).get(k)
                   != (old_template.get("metadata") or {}).get("annotations", {}).get(k)
                   for k in keys)
-    from changegate.core.digest import view
     rules = policy.view_rules
     old_view, new_view = view(req.old_object, rules), view(req.object, rules)
     return touched and (
@@ -357,7 +360,6 @@ def _shape_problem(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapsho
         return Verdict.deny("spec_statement_mismatch",
                             "fields differ from the statement: " + ", ".join(wrong))
     p = st.predicate
-    import re
     if not re.fullmatch(policy.changeRecordPattern, p.changeRecord.id):
         return Verdict.deny("change_record_invalid", f"change record {p.changeRecord.id!r} does "
                                                      f"not match {policy.changeRecordPattern}")
@@ -365,12 +367,9 @@ def _shape_problem(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapsho
         manifest = spec.get("manifest")
         if not isinstance(manifest, dict):
             return Verdict.deny("manifest_mismatch", "manifest is required for CREATE and UPDATE")
-        import orjson
         if len(orjson.dumps(manifest)) > MAX_MANIFEST_BYTES:
             return Verdict.deny("manifest_mismatch", "manifest is over 1 MiB")
-        from changegate.core.decision import is_autoscaled
-        auto = p.target.kind == "Deployment" and is_autoscaled(snap, policy, req.namespace,
-                                                                p.target.name)
+        auto = p.target.kind == "Deployment" and snap.is_autoscaled(req.namespace, p.target.name)
         got = manifest_digest(spec, policy.view_rules, auto)
         if got != p.toDigest:
             return Verdict.deny("manifest_mismatch",

@@ -124,6 +124,11 @@ class Snapshot:
         labels = dict(self.policy.tierSelector) if self.policy else {}
         return NamespaceInfo(name, labels)
 
+    def is_autoscaled(self, namespace: str, name: str) -> bool:
+        """Listed by the policy, or the target of an HPA: replicas leave the digest."""
+        listed = self.policy is not None and self.policy.is_autoscaled(namespace, name)
+        return listed or (namespace, name) in self.hpa_targets
+
     def approvals_in(self, namespace: str) -> tuple[ApprovalObject, ...]:
         return self.approvals.get(namespace, ())
 

@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from changegate.core.approval import Problem
+from changegate.core.guide import next_step
 
 if TYPE_CHECKING:
     from changegate.core.policy import NamespaceSettings
@@ -106,8 +107,6 @@ class Verdict:
         return self
 
     def finish(self, req: AdmissionRequest, snap: Snapshot) -> Decision:
-        from changegate.core.guide import next_step
-
         required = self.settings.required_approvals if self.settings else (
             snap.policy.requiredApprovals if snap.policy else 2)
         approvals = f"{self.approvals}/{required}"
