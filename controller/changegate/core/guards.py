@@ -33,7 +33,7 @@ from changegate.core.policy import (
 )
 from changegate.core.review import AdmissionRequest
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, Snapshot
-from changegate.core.statement import parse_statement
+from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import load_trust_store
 from changegate.core.verdict import Verdict
 
@@ -316,10 +316,9 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
         old_sigs, new_sigs = old_spec.get("signatures") or [], spec.get("signatures") or []
         if any(s not in new_sigs for s in old_sigs):
             return Verdict.deny("approval_immutable", "signatures may only be appended")
-    problem = _shape_problem(req, spec, snap, policy)
-    if problem is not None:
-        return problem
-    st = parse_statement(decode_statement(spec))  # _shape_problem proved both succeed
+    st = _well_formed(req, spec, snap, policy)
+    if isinstance(st, Verdict):
+        return st
     if req.operation == "CREATE":
         requester = st.predicate.requestedBy
         if st.predicate.nonce in snap.ledger:
@@ -338,8 +337,9 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
     return Verdict.allow("approved", "the ChangeApproval is well-formed")
 
 
-def _shape_problem(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
-                   policy: Policy) -> Verdict | None:
+def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
+                 policy: Policy) -> Statement | Verdict:
+    """The parsed statement, or the denial that says what is wrong with the object."""
     try:
         raw = decode_statement(spec)
         st = parse_statement(raw)
@@ -384,4 +384,4 @@ def _shape_problem(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapsho
         if replicas > policy.maxCanaryReplicas:
             return Verdict.deny("canary_required", f"canary replicas {replicas} exceed "
                                                    f"maxCanaryReplicas {policy.maxCanaryReplicas}")
-    return None
+    return st
