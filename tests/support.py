@@ -22,6 +22,23 @@ if not FIXTURES.is_dir():  # CI clones main with shared/ beside it
     FIXTURES = REPO / ".." / "shared" / "fixtures"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
+# ../shared/fixtures/README.md: allowed without an approval, under the default policy
+# (no break-glass group, CREATE gated).
+FIXTURE_VERDICTS = {
+    "deployment-update": False,
+    "deployment-update-dryrun": True,
+    "deployment-update-by-gitops": False,
+    "deployment-rollout-restart": False,
+    "deployment-update-replicas": False,
+    "deployment-update-metadata-only": True,
+    "deployment-create": False,
+    "deployment-delete": False,
+    "deployment-break-glass": False,
+    "configmap-update": False,
+    "configmap-create": False,
+    "configmap-delete": False,
+}
+
 
 def key(name: str, algorithm: str = "ed25519") -> PrivateKey:
     """One key per (person, algorithm) for the whole test session."""

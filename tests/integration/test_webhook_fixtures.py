@@ -8,23 +8,9 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import fixture_names
-from tests.support import fixture
+from tests.support import FIXTURE_VERDICTS, fixture
 
-# From /work/shared/fixtures/README.md, with the default policy (no break-glass group).
-EXPECTED = {
-    "deployment-update": False,
-    "deployment-update-dryrun": True,
-    "deployment-update-by-gitops": False,
-    "deployment-rollout-restart": False,
-    "deployment-update-replicas": False,
-    "deployment-update-metadata-only": True,
-    "deployment-create": False,
-    "deployment-delete": False,
-    "deployment-break-glass": False,
-    "configmap-update": False,
-    "configmap-create": False,
-    "configmap-delete": False,
-}
+EXPECTED = FIXTURE_VERDICTS
 DIGEST = r"(sha256:[0-9a-f]{64}|none)"
 MACHINE_LINE = re.compile(rf"^changegate: op=(CREATE|UPDATE|DELETE) from={DIGEST} to={DIGEST} "
                           r"approvals=\d+/\d+ record=\S+$")

@@ -12,22 +12,9 @@ import pytest
 from changegate.core.compose import signed
 from changegate.core.decision import Context, decide
 from changegate.core.dsse import generate
-from tests.support import NOW, approval_for, fixture, request_of, sign, snapshot
+from tests.support import FIXTURE_VERDICTS, NOW, approval_for, fixture, request_of, sign, snapshot
 
-VERDICTS = {
-    "deployment-update": False,
-    "deployment-update-dryrun": True,
-    "deployment-update-by-gitops": False,
-    "deployment-rollout-restart": False,
-    "deployment-update-replicas": False,
-    "deployment-update-metadata-only": True,
-    "deployment-create": False,
-    "deployment-delete": False,
-    "deployment-break-glass": False,  # sre-oncall is no break-glass group by default
-    "configmap-update": False,
-    "configmap-create": False,
-    "configmap-delete": False,
-}
+VERDICTS = FIXTURE_VERDICTS
 
 
 def run(review, *objects, policy="", now=NOW, ledger=None, trust=None):
