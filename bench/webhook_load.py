@@ -1,14 +1,18 @@
 """Load test: `changegate serve` against a trivial allow-all aiohttp webhook, same run, same TLS.
 
-    python bench/webhook_load.py [--duration 10] [--connections 32] [--rate 500]
-                                 [--approvals 10000] [--cores 0,1]
+    python bench/webhook_load.py [--rounds 6] [--duration 3] [--connections 32] [--rate 500]
+                                 [--fixed-seconds 10] [--approvals 10000] [--cores 0,1]
 
-Servers run pinned to the first core (taskset), load clients to the second, one server at a
-time. For each of: the allow-all baseline, `serve --static` (fixtures' state), and `serve`
-with 10,000 ChangeApprovals listed from a fake API server (its cache, the production path),
-it prints max req/s with p50/p99 (wrk, keep-alive, TLS, fixture reviews round-robin), p50/
-p99/max at a fixed 500 req/s (open-loop aiohttp client: latency counted from the scheduled
-send time, so a stall is not hidden), the ratio to the baseline, and serve's RSS.
+Three servers run at once, pinned to the first core, and take turns under load from the
+second core: the allow-all baseline, `serve --static` (the fixtures' state) and `serve` with
+10,000 ChangeApprovals listed from a fake API server (its cache, the production path), both
+at the default log level (one audit line per decision). In interleaved rounds (A B C, C B
+A, ...) it measures max req/s with p50/p99 (wrk, keep-alive, TLS, fixture reviews
+round-robin), and reports each server's median req/s and the median over rounds of its
+ratio to the baseline's req/s in the same round: the machine's speed drifts too much for
+one run after another to compare. Then p50/p99/max at a fixed 500 req/s (open-loop aiohttp
+client: latency counted from the scheduled send time, so a stall is not hidden), the
+server's CPU per request, and its RSS.
 Needs `wrk` (Debian: apt-get install wrk) and `taskset` (util-linux).
 """
 
@@ -301,32 +305,81 @@ def prepare(workdir: Path) -> tuple[Path, Path, Path, Path, list[Path]]:
     return cert, key, ca_file, state, bodies
 
 
-def measure(label: str, argv: list[str], opts: argparse.Namespace, urls: dict[str, Any],
-            results: dict[str, Any], workdir: Path) -> None:
-    server_core, client_core = opts.cores.split(",")
-    port, metrics_port = urls["port"], urls["metrics_port"]
-    proc = subprocess.Popen(["taskset", "-c", server_core, *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(metrics_port, proc)
-        rss_start = rss_mib(proc.pid)
-        url = f"https://127.0.0.1:{port}/validate"
-        run_wrk(url, urls["bodies"], duration=2, connections=opts.connections, core=client_core,
-                workdir=workdir)  # warm-up: memo, digests, allocator
-        cpu_before = cpu_seconds(proc.pid)
-        peak = run_wrk(url, urls["bodies"], duration=opts.duration,
-                       connections=opts.connections, core=client_core, workdir=workdir)
-        # Server CPU per request: what the server itself spends, whatever else shares the
-        # machine (req/s depends on that; this does much less).
-        peak["cpu_us"] = (cpu_seconds(proc.pid) - cpu_before) * 1e6 / max(
-            1, peak["rps"] * opts.duration)
-        fixed = run_fixed_rate(url, urls["bodies"], urls["ca"], rate=opts.rate,
-                               duration=opts.duration, core=client_core)
-        results[label] = {**peak, "fixed": fixed, "rss_start_mib": rss_start,
-                          "rss_end_mib": rss_mib(proc.pid)}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+class Server:
+    """One server under test: started once, pinned to the server core, idle between its
+    turns (the others are idle during its turn)."""
+
+    def __init__(self, label: str, argv: list[str], opts: argparse.Namespace,
+                 common: dict[str, Any]) -> None:
+        self.label, self.opts, self.common = label, opts, common
+        self.port, self.metrics_port = free_port(), free_port()
+        self.url = f"https://127.0.0.1:{self.port}/validate"
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", opts.cores.split(",")[0], *argv, "--port", str(self.port),
+             "--metrics-port", str(self.metrics_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.rounds: list[dict[str, float]] = []
+        self.cpu = 0.0
+        self.requests = 0
+
+    def ready(self) -> None:
+        wait_ready(self.metrics_port, self.proc)
+        self.rss_start = rss_mib(self.proc.pid)
+
+    def wrk(self, seconds: int, workdir: Path, *, count: bool = True) -> dict[str, float]:
+        before = cpu_seconds(self.proc.pid)
+        result = run_wrk(self.url, self.common["bodies"], duration=seconds,
+                         connections=self.opts.connections,
+                         core=self.opts.cores.split(",")[1], workdir=workdir)
+        if count:
+            # Server CPU per request: what the server itself spends, whatever else shares
+            # the machine (req/s depends on that; this does much less).
+            self.cpu += cpu_seconds(self.proc.pid) - before
+            self.requests += int(result["rps"] * seconds)
+            self.rounds.append(result)
+        return result
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def measure(servers: list[Server], opts: argparse.Namespace, workdir: Path
+            ) -> dict[str, Any]:
+    """Throughput in interleaved rounds (A B C, then C B A, ...): these machines' speed
+    drifts by a third within a minute, so each server's req/s is compared with the
+    baseline's in the same round, and the median of those ratios is reported."""
+    for server in servers:
+        server.ready()
+        server.wrk(2, workdir, count=False)  # warm-up: memo, digests, allocator
+    for round_ in range(opts.rounds):
+        for server in (servers if round_ % 2 == 0 else servers[::-1]):
+            server.wrk(opts.duration, workdir)
+    base = servers[0]
+    results: dict[str, Any] = {}
+    for server in servers:
+        ratios = [r["rps"] / b["rps"] for r, b in zip(server.rounds, base.rounds, strict=True)]
+        results[server.label] = {
+            "rps": median([r["rps"] for r in server.rounds]),
+            "rps_rounds": [round(r["rps"]) for r in server.rounds],
+            "ratio": median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "p50_ms": median([r["p50_ms"] for r in server.rounds]),
+            "p99_ms": median([r["p99_ms"] for r in server.rounds]),
+            "errors": sum(r["errors"] for r in server.rounds),
+            "cpu_us": server.cpu * 1e6 / max(1, server.requests),
+            "rss_start_mib": server.rss_start}
+    for server in servers:
+        fixed = run_fixed_rate(server.url, server.common["bodies"], server.common["ca"],
+                               rate=opts.rate, duration=opts.fixed_seconds,
+                               core=opts.cores.split(",")[1])
+        results[server.label].update(fixed=fixed, rss_end_mib=rss_mib(server.proc.pid))
+    return results
 
 
 def main_run(opts: argparse.Namespace) -> int:
@@ -335,32 +388,25 @@ def main_run(opts: argparse.Namespace) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="changegate-bench-"))
     cert, key, ca_file, state, bodies = prepare(workdir)
-    results: dict[str, Any] = {}
     py = sys.executable
     common = {"bodies": bodies, "ca": ca_file}
-
-    def ports() -> dict[str, Any]:
-        return {"port": free_port(), "metrics_port": free_port(), **common}
-
-    p = ports()
-    measure("allow-all", [py, __file__, "allow-all", "--port", str(p["port"]),
-                          "--metrics-port", str(p["metrics_port"]), "--cert", str(cert),
-                          "--key", str(key)], opts, p, results, workdir)
+    # serve as deployed: the default log level, so one audit line per decision is written.
     serve = [py, "-m", "changegate", "serve", "--tls-cert", str(cert), "--tls-key", str(key),
-             "--address", "127.0.0.1", "--log-level", "warning"]
-    p = ports()
-    measure("serve --static", [*serve, "--port", str(p["port"]), "--metrics-port",
-                               str(p["metrics_port"]), "--static", str(state)],
-            opts, p, results, workdir)
-    if opts.approvals:
-        api_port = free_port()
-        (workdir / "trust.yaml").write_text((state / "trust.yaml").read_text())
-        (workdir / "objects.yaml").write_text((state / "objects.yaml").read_text())
-        fake = subprocess.Popen(
-            ["taskset", "-c", opts.cores.split(",")[1], py, __file__, "fake-api", "--port",
-             str(api_port), "--approvals", str(opts.approvals), "--state", str(workdir)],
-            stdout=subprocess.PIPE, text=True)
-        try:
+             "--address", "127.0.0.1"]
+    servers = [
+        Server("allow-all", [py, __file__, "allow-all", "--cert", str(cert), "--key", str(key)],
+               opts, common),
+        Server("serve --static", [*serve, "--static", str(state)], opts, common)]
+    fake = None
+    try:
+        if opts.approvals:
+            api_port = free_port()
+            (workdir / "trust.yaml").write_text((state / "trust.yaml").read_text())
+            (workdir / "objects.yaml").write_text((state / "objects.yaml").read_text())
+            fake = subprocess.Popen(
+                ["taskset", "-c", opts.cores.split(",")[1], py, __file__, "fake-api", "--port",
+                 str(api_port), "--approvals", str(opts.approvals), "--state", str(workdir)],
+                stdout=subprocess.PIPE, text=True)
             assert fake.stdout is not None and fake.stdout.readline().strip() == "READY"
             kubeconfig = workdir / "kubeconfig"
             kubeconfig.write_text(json.dumps({
@@ -369,12 +415,14 @@ def main_run(opts: argparse.Namespace) -> int:
                     "server": f"http://127.0.0.1:{api_port}"}}],
                 "users": [{"name": "u", "user": {"token": "bench"}}],
                 "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
-            p = ports()
-            measure(f"serve, {opts.approvals} approvals cached",
-                    [*serve, "--port", str(p["port"]), "--metrics-port",
-                     str(p["metrics_port"]), "--kubeconfig", str(kubeconfig),
-                     "--namespace", "changegate"], opts, p, results, workdir)
-        finally:
+            servers.append(Server(f"serve, {opts.approvals} approvals cached",
+                                  [*serve, "--kubeconfig", str(kubeconfig), "--namespace",
+                                   "changegate"], opts, common))
+        results = measure(servers, opts, workdir)
+    finally:
+        for server in servers:
+            server.stop()
+        if fake is not None:
             fake.terminate()
             fake.wait(timeout=20)
     report(results, opts)
@@ -383,22 +431,24 @@ def main_run(opts: argparse.Namespace) -> int:
 
 
 def report(results: dict[str, Any], opts: argparse.Namespace) -> None:
-    base = results["allow-all"]["rps"]
     print(f"\n{len(list(FIXTURES.glob('*.json')))} fixture reviews round-robin, TLS, keep-alive,"
-          f" {opts.connections} connections, {opts.duration} s; server on core "
-          f"{opts.cores.split(',')[0]}, clients on core {opts.cores.split(',')[1]}")
-    header = (f"{'server':36} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
-              f"{'CPU us/req':>10} | {'@' + str(opts.rate) + '/s p50':>10} {'p99':>6} "
-              f"{'max':>6} | {'RSS MiB':>8}")
+          f" {opts.connections} connections; {opts.rounds} interleaved rounds of "
+          f"{opts.duration} s each; server on core {opts.cores.split(',')[0]}, clients on "
+          f"core {opts.cores.split(',')[1]}")
+    header = (f"{'server':32} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
+              f"{'(min-max)':>11} {'CPU us/req':>10} | {'@' + str(opts.rate) + '/s p50':>10} "
+              f"{'p99':>6} {'max':>6} | {'RSS MiB':>8}")
     print(header)
     print("-" * len(header))
     for label, r in results.items():
         f = r["fixed"]
-        print(f"{label:36} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-              f"{r['rps'] / base:6.2f} {r['cpu_us']:10.0f} | {f['p50_ms']:10.2f} "
+        spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
+        print(f"{label:32} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+              f"{r['ratio']:6.2f} {spread:>11} {r['cpu_us']:10.0f} | {f['p50_ms']:10.2f} "
               f"{f['p99_ms']:6.2f} {f['max_ms']:6.1f} | {r['rss_end_mib']:8.1f}"
               + (f"  errors={r['errors'] + f['errors']}" if r["errors"] + f["errors"] else ""))
-    print("\ntargets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, >= 0.5 of allow-all, "
+    print("\nratio: the median over rounds of req/s divided by allow-all's in the same round")
+    print("targets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, >= 0.5 of allow-all, "
           "RSS <= 200 MiB with 10,000 approvals")
     print("JSON " + json.dumps(results))
 
@@ -406,7 +456,10 @@ def report(results: dict[str, Any], opts: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode")
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=3, help="seconds per server per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--fixed-seconds", type=int, default=10,
+                        help="seconds of the fixed-rate latency run, per server")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--approvals", type=int, default=10_000)

@@ -12,7 +12,7 @@ import atexit
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import yaml
@@ -62,20 +62,25 @@ class _AuditLine:
     line. At ~2,000 decisions/s the logging module's record, handler and formatter, and one
     write(2) per line, were 10 % of a request's CPU. Lines are buffered and flushed once per
     FLUSH_SECONDS by the event loop (or at once without one, and at exit), so a crash loses
-    at most that much; the API server's own audit log has the decision too (auditAnnotations).
+    at most that much; the API server's own audit log has the decision too.
+
+    Each line is made into bytes at once: a buffered record that still referenced the
+    request (its objects, thousands of dicts per batch) made the cyclic GC walk them all,
+    which cost more than the line itself (measured in place).
     """
 
     FLUSH_SECONDS = 0.05
+    HEAD: ClassVar[dict[str, str]] = {"level": "info", "logger": "changegate.audit",
+                                      "msg": "admission"}
 
     def __init__(self, stream: Any, formatter: JSONFormatter) -> None:
         self.stream, self.formatter = stream, formatter
-        self.pending: list[tuple[float, dict[str, Any]]] = []
+        self.pending: list[bytes] = []
         self.scheduled = False
 
     def write(self, fields: dict[str, Any]) -> None:
-        # Only the clock is read now; the JSON is made at flush, a batch at a time, which
-        # costs a third of formatting each line between two TLS writes (measured in place).
-        self.pending.append((time.time(), fields))
+        self.pending.append(orjson.dumps(
+            {"ts": self.formatter.stamp(time.time()), **self.HEAD, **fields}, default=str))
         if self.scheduled:
             return
         try:
@@ -91,12 +96,15 @@ class _AuditLine:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        stamp, dumps = self.formatter.stamp, orjson.dumps
-        head = {"level": "info", "logger": "changegate.audit", "msg": "admission"}
-        lines = [dumps({"ts": stamp(created), **head, **fields}, default=str)
-                 for created, fields in batch]
-        self.stream.write(b"\n".join(lines).decode() + "\n")
-        self.stream.flush()
+        data = b"\n".join(batch) + b"\n"
+        buffer = getattr(self.stream, "buffer", None)
+        if buffer is not None:  # a text stream over bytes: skip a decode and an encode
+            self.stream.flush()  # keep order with what was written as text
+            buffer.write(data)
+            buffer.flush()
+        else:
+            self.stream.write(data.decode())
+            self.stream.flush()
 
 
 _direct: _AuditLine | None = None

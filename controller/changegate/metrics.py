@@ -8,18 +8,20 @@ webhook is registered for; anything else is counted as `other`.
 
 from __future__ import annotations
 
-import functools
+import bisect
+import itertools
+import math
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from changegate.core.snapshot import Snapshot
 from changegate.core.verdict import Decision
@@ -57,22 +59,66 @@ OTHER = "other"
 DURATION_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
                     0.25, 0.5, 1.0, 2.5, 4.0, 5.0)
 
-ADMISSION_REQUESTS = Counter(
-    "changegate_admission_requests", "AdmissionReviews answered, by decision and reason.",
-    ["kind", "operation", "decision", "reason"], registry=REGISTRY)
-ADMISSION_DURATION = Histogram(
-    "changegate_admission_duration_seconds", "Time from request to answer, in the webhook.",
-    ["kind"], buckets=DURATION_BUCKETS, registry=REGISTRY)
-REJECTED_CHANGES = Counter(
-    "changegate_rejected_changes", "Changes denied by a rule (not by a webhook fault).",
-    ["namespace", "kind", "reason"], registry=REGISTRY)
-BREAK_GLASS = Counter(
-    "changegate_break_glass", "Changes admitted by break-glass.", ["namespace"],
-    registry=REGISTRY)
-SIGNATURE_VERIFICATIONS = Counter(
-    "changegate_signature_verifications",
-    "Signatures judged while deciding (memoized results are counted again).",
-    ["result"], registry=REGISTRY)
+class HotSeries:
+    """The series every admission touches, kept as plain numbers in dicts and handed to
+    prometheus_client only when scraped. A labelled prometheus_client child costs a lock
+    and a Python call per update: ~4 us of every request for these five series, a
+    twentieth of the webhook's own time. Only the event loop's thread updates or reads
+    these (admissions and /metrics are served by the same loop)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.durations: dict[str, list[float]] = {}  # kind -> per-bucket counts + [sum]
+        self.rejected: dict[tuple[str, str, str], int] = {}
+        self.break_glass: dict[str, int] = {}
+        self.signatures: dict[str, int] = {}
+
+    def observe_duration(self, kind: str, seconds: float) -> None:
+        counts = self.durations.get(kind)
+        if counts is None:
+            counts = self.durations[kind] = [0.0] * (len(DURATION_BUCKETS) + 2)
+        counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # le: bound included
+        counts[-1] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "changegate_admission_requests",
+            "AdmissionReviews answered, by decision and reason.",
+            labels=["kind", "operation", "decision", "reason"])
+        for labels, value in self.requests.items():
+            requests.add_metric(labels, value)
+        duration = HistogramMetricFamily(
+            "changegate_admission_duration_seconds",
+            "Time from request to answer, in the webhook.", labels=["kind"])
+        for kind, counts in self.durations.items():
+            cumulative = itertools.accumulate(counts[:-1])
+            duration.add_metric([kind], list(zip(_BUCKET_NAMES, cumulative, strict=True)),
+                                counts[-1])
+        rejected = CounterMetricFamily(
+            "changegate_rejected_changes",
+            "Changes denied by a rule (not by a webhook fault).",
+            labels=["namespace", "kind", "reason"])
+        for labels3, value in self.rejected.items():
+            rejected.add_metric(labels3, value)
+        break_glass = CounterMetricFamily(
+            "changegate_break_glass", "Changes admitted by break-glass.", labels=["namespace"])
+        for namespace, value in self.break_glass.items():
+            break_glass.add_metric([namespace], value)
+        signatures = CounterMetricFamily(
+            "changegate_signature_verifications",
+            "Signatures judged while deciding (memoized results are counted again).",
+            labels=["result"])
+        for result, value in self.signatures.items():
+            signatures.add_metric([result], value)
+        return [requests, duration, rejected, break_glass, signatures]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
+_BUCKET_NAMES = [floatToGoString(b) for b in (*DURATION_BUCKETS, math.inf)]  # type: ignore[no-untyped-call]
+HOT = HotSeries()
+REGISTRY.register(HOT)
 CACHE_SYNCED = Gauge(
     "changegate_cache_synced", "1 once every watch has listed (the replica is ready).",
     registry=REGISTRY)
@@ -108,35 +154,23 @@ def kind_label(kind: str) -> str:
     return _bounded(kind, KINDS)
 
 
-@functools.lru_cache(maxsize=4096)
-def _request_series(kind: str, operation: str, outcome: str, reason: str) -> tuple[Any, Any]:
-    """The two series every request touches, looked up once per label set: labels() costs
-    ~3 us a call (validation, a lock), a dict hit a tenth of that. Label values are bounded,
-    so the cache is too."""
-    return (ADMISSION_REQUESTS.labels(kind, operation, outcome, reason),
-            ADMISSION_DURATION.labels(kind))
-
-
-@functools.lru_cache(maxsize=4096)
-def _rejected_series(namespace: str, kind: str, reason: str) -> Any:
-    return REJECTED_CHANGES.labels(namespace, kind, reason)
-
-
 def observe_decision(decision: Decision, seconds: float, *, namespace: str) -> None:
     """Count one answered AdmissionReview. ``namespace`` is the request's (or, for the
     namespace guard, the Namespace's own name: it is the namespace the change is about)."""
+    hot = HOT
     kind = kind_label(decision.kind)
     reason = reason_label(decision.code)
-    requests, duration = _request_series(kind, _bounded(decision.operation, OPERATIONS),
-                                         decision.outcome, reason)
-    requests.inc()
-    duration.observe(seconds)
+    key = (kind, _bounded(decision.operation, OPERATIONS), decision.outcome, reason)
+    hot.requests[key] = hot.requests.get(key, 0) + 1
+    hot.observe_duration(kind, seconds)
     if decision.outcome == "denied":  # "error" (the webhook's own fault) is no rejection
-        _rejected_series(namespace, kind, reason).inc()
+        rejected = (namespace, kind, reason)
+        hot.rejected[rejected] = hot.rejected.get(rejected, 0) + 1
     if decision.break_glass and decision.allowed:
-        BREAK_GLASS.labels(namespace).inc()
+        hot.break_glass[namespace] = hot.break_glass.get(namespace, 0) + 1
     for result in decision.signature_results:
-        SIGNATURE_VERIFICATIONS.labels(_bounded(result, SIGNATURE_RESULTS)).inc()
+        result = _bounded(result, SIGNATURE_RESULTS)
+        hot.signatures[result] = hot.signatures.get(result, 0) + 1
     if decision.policy_change is not None:
         POLICY_CHANGES.labels(namespace, str(decision.allowed).lower()).inc()
     if decision.config_change is not None:
@@ -148,8 +182,9 @@ def observe_decision(decision: Decision, seconds: float, *, namespace: str) -> N
 
 def observe_bad_request(seconds: float) -> None:
     """A body that is no AdmissionReview (HTTP 400/413): counted, kind and reason unknown."""
-    ADMISSION_REQUESTS.labels(OTHER, OTHER, "error", OTHER).inc()
-    ADMISSION_DURATION.labels(OTHER).observe(seconds)
+    key = (OTHER, OTHER, "error", OTHER)
+    HOT.requests[key] = HOT.requests.get(key, 0) + 1
+    HOT.observe_duration(OTHER, seconds)
 
 
 _eligible_namespaces: set[str] = set()

@@ -6,10 +6,13 @@ Two rules make it safe and cheap:
   have been answered before the approval existed, so a request that finds one in flight
   waits for the next, which is sent when the running one ends.
 - Coalesced and bounded: per namespace at most one list runs and one is queued, shared by
-  every request waiting for it, so a storm of denials costs about one list per list
-  latency, not one per request; and no new wait begins while QUEUE requests already wait
-  (the watch has to do then). A read-through that fails or runs out of time is simply no
-  second chance: the denial stands.
+  every request waiting for it; a namespace is listed at most once per MIN_INTERVAL (a
+  request after a list sent a moment ago gets none: an approval that new is the watch's
+  to bring, within that moment); and no new wait begins while QUEUE requests already
+  wait. So a storm of denials (a CI job retrying, say) costs the API server about one
+  list per namespace per MIN_INTERVAL, not one per request, nor one per list latency. A
+  read-through that fails, runs out of time or is not taken is simply no second chance:
+  the denial stands.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger("changegate.cache")
 
 Approvals = tuple[ApprovalObject, ...]
 QUEUE = 64  # requests waiting for a read-through, over all namespaces
+MIN_INTERVAL = 0.5  # seconds between two lists of one namespace
 
 
 @dataclass
@@ -33,13 +37,15 @@ class _Namespace:
     running: asyncio.Future[Approvals] | None = None
     sent: bool = False  # the running list's request has gone out (too old to join now)
     queued: asyncio.Future[Approvals] | None = None
+    last_sent: float = float("-inf")  # loop time the last list went out
 
 
 class ReadThrough:
     def __init__(self, lister: Callable[[str, float], Awaitable[Approvals]], *,
-                 list_timeout: float = 2.0) -> None:
+                 list_timeout: float = 2.0, min_interval: float | None = None) -> None:
         self.lister = lister
         self.list_timeout = list_timeout
+        self.min_interval = MIN_INTERVAL if min_interval is None else min_interval
         self.lists = 0
         self.waiting = 0
         self._namespaces: dict[str, _Namespace] = {}
@@ -48,13 +54,18 @@ class ReadThrough:
     async def __call__(self, namespace: str, timeout: float) -> Approvals | None:
         if self.waiting >= QUEUE:
             return None
-        state = self._namespaces.setdefault(namespace, _Namespace())
         loop = asyncio.get_running_loop()
-        if state.running is None:
-            state.running = loop.create_future()
+        state = self._namespaces.get(namespace)
+        if state is None:
+            self._forget_idle(loop.time())
+            state = self._namespaces[namespace] = _Namespace()
+        if state.running is not None and not state.sent:
+            future = state.running  # not asked yet: its answer is as fresh as we need
+        elif loop.time() - state.last_sent < self.min_interval:
+            return None  # listed a moment ago
+        elif state.running is None:
+            state.running, state.sent = loop.create_future(), False
             self._start(namespace, state, state.running)
-            future = state.running
-        elif not state.sent:  # not asked yet: its answer is as fresh as we need
             future = state.running
         else:  # asked before we arrived: ours is the next one
             if state.queued is None:
@@ -86,6 +97,7 @@ class ReadThrough:
                    future: asyncio.Future[Approvals]) -> None:
         self.lists += 1
         state.sent = True
+        state.last_sent = asyncio.get_running_loop().time()
         try:
             result = await asyncio.wait_for(self.lister(namespace, self.list_timeout),
                                             self.list_timeout)
@@ -106,8 +118,14 @@ class ReadThrough:
             state.running, state.queued, state.sent = state.queued, None, False
             self._start(namespace, state, state.running)
         else:
-            state.running = None
-            self._namespaces.pop(namespace, None)
+            state.running = None  # kept until MIN_INTERVAL has passed: see _forget_idle
+
+    def _forget_idle(self, now: float) -> None:
+        if len(self._namespaces) < 1024:
+            return
+        for name, state in list(self._namespaces.items()):
+            if state.running is None and now - state.last_sent >= self.min_interval:
+                del self._namespaces[name]
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from kubernetes.aio import client as kclient
 
-from changegate import feeds
+from changegate import feeds, readthrough
 from changegate.cache import KubeCache
 from changegate.compact import compact_approval
 from changegate.config import ServeConfig
@@ -243,7 +243,9 @@ async def test_a_just_created_approval_is_found_by_the_read_through(fake, make_c
     await eventually(lambda: len(cache.snapshot().approvals_in("payments")) == 1)
 
 
-async def test_a_read_through_never_reuses_a_list_older_than_the_request(fake, make_cache):
+async def test_a_read_through_never_reuses_a_list_older_than_the_request(fake, make_cache,
+                                                                          monkeypatch):
+    monkeypatch.setattr(readthrough, "MIN_INTERVAL", 0)  # freshness alone, no rate limit
     seed(fake)
     await fake.start()
     cache = make_cache(fake)

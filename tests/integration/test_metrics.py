@@ -35,9 +35,29 @@ def test_every_instrument_is_defined_once_with_its_labels():
 
     defined = {v._name: tuple(v._labelnames) for v in vars(metrics).values()
                if isinstance(v, MetricWrapperBase)}
+    hot = {f.name: tuple(f._labelnames) for f in metrics.HOT.collect()}
+    assert not set(hot) & set(defined)
+    defined.update(hot)
     for name, labels in INSTRUMENTS.items():
         assert defined.get(name) == labels, name
     assert metrics.DURATION_BUCKETS[0] == 0.0005 and metrics.DURATION_BUCKETS[-1] == 5.0
+
+
+def test_hot_histogram_buckets_are_cumulative_and_include_their_bound():
+    """The per-request histogram is counted by hand (HotSeries): `le` includes the bound,
+    as prometheus_client's Histogram does, and +Inf, _count and _sum follow."""
+    hot = metrics.HotSeries()
+    for seconds in (0.0005, 0.0006, 0.002, 7.0):
+        hot.observe_duration("Deployment", seconds)
+    samples = {(s.name, s.labels.get("le")): s.value
+               for f in hot.collect() for s in f.samples}
+    name = "changegate_admission_duration_seconds"
+    assert samples[(f"{name}_bucket", "0.0005")] == 1
+    assert samples[(f"{name}_bucket", "0.001")] == 2
+    assert samples[(f"{name}_bucket", "0.002")] == 3
+    assert samples[(f"{name}_bucket", "5.0")] == 3
+    assert samples[(f"{name}_bucket", "+Inf")] == samples[(f"{name}_count", None)] == 4
+    assert abs(samples[(f"{name}_sum", None)] - 7.0031) < 1e-9
 
 
 def test_unknown_reasons_and_kinds_are_counted_as_other():

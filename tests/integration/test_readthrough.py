@@ -30,7 +30,7 @@ class Lister:
 
 async def test_a_request_arriving_during_a_list_waits_for_the_next_one():
     lister = Lister()
-    rt = ReadThrough(lister)
+    rt = ReadThrough(lister, min_interval=0)
     first = asyncio.ensure_future(rt("payments", 1.0))
     await asyncio.sleep(0.01)  # the first list has begun (it saw state 0)...
     lister.state = 1  # ...then the approval is created, then the second request arrives
@@ -42,7 +42,7 @@ async def test_a_request_arriving_during_a_list_waits_for_the_next_one():
 
 async def test_a_storm_shares_a_list_or_two():
     lister = Lister()
-    rt = ReadThrough(lister)
+    rt = ReadThrough(lister, min_interval=0)
     answers = await asyncio.gather(*(rt("payments", 1.0) for _ in range(50)))
     assert all(a == (0,) for a in answers)
     assert lister.calls == 1
@@ -57,9 +57,24 @@ async def test_a_storm_shares_a_list_or_two():
     await rt.close()
 
 
+async def test_a_namespace_is_listed_at_most_once_per_interval():
+    """A CI job retrying a denied apply in a loop must not become a LIST loop."""
+    lister = Lister(delay=0.01)
+    rt = ReadThrough(lister, min_interval=0.3)
+    assert await rt("payments", 1.0) == (0,)
+    lister.state = 1
+    assert await asyncio.gather(*(rt("payments", 1.0) for _ in range(10))) == [None] * 10
+    assert await rt("shipping", 1.0) == (1,)  # another namespace has its own interval
+    assert lister.calls == 2
+    await asyncio.sleep(0.3)
+    assert await rt("payments", 1.0) == (1,)
+    assert lister.calls == 3
+    await rt.close()
+
+
 async def test_failures_and_timeouts_give_no_answer_and_the_next_request_works():
     lister = Lister()
-    rt = ReadThrough(lister)
+    rt = ReadThrough(lister, min_interval=0)
     lister.fail = True
     assert await rt("payments", 1.0) is None
     lister.fail = False
@@ -74,7 +89,7 @@ async def test_failures_and_timeouts_give_no_answer_and_the_next_request_works()
 async def test_no_new_wait_begins_while_the_queue_is_full(monkeypatch):
     monkeypatch.setattr(readthrough, "QUEUE", 5)
     lister = Lister(delay=0.2)
-    rt = ReadThrough(lister)
+    rt = ReadThrough(lister, min_interval=0)
     answers = await asyncio.gather(*(rt(f"ns-{i}", 1.0) for i in range(8)))
     assert sum(a is None for a in answers) == 3
     assert lister.calls == 5
@@ -84,7 +99,7 @@ async def test_no_new_wait_begins_while_the_queue_is_full(monkeypatch):
 @pytest.mark.parametrize("queued", [False, True])
 async def test_close_cancels_what_is_running(queued):
     lister = Lister(delay=10)
-    rt = ReadThrough(lister)
+    rt = ReadThrough(lister, min_interval=0)
     waiter = asyncio.ensure_future(rt("payments", 20))
     await asyncio.sleep(0.01)
     others = []

@@ -10,12 +10,13 @@ Two stages, because they change at different rates:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from changegate.core.digest import ViewRules, digest
 from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
@@ -31,8 +32,7 @@ SPEC_FIELDS = ("cluster", "operation", "fromDigest", "toDigest", "changeRecord",
                "requestedBy", "issuedAt", "expiresAt", "rollout")
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     code: str
     detail: str
 
@@ -193,8 +193,7 @@ class VerificationMemo:
             self._data.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     """The change an admission request makes, as the approval must name it."""
 
     api_version: str
@@ -208,7 +207,7 @@ class Change:
     applier: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Fit:
     """How well one verified approval fits one change."""
 
@@ -264,7 +263,7 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
         add(Problem("cluster_mismatch", f"approval is for cluster {p.cluster!r}, this is "
                                         f"{cluster!r}"))
     add_time_problems(st, now, max_lifetime, add)
-    if not re.fullmatch(record_pattern, p.changeRecord.id):
+    if not record_matches(record_pattern, p.changeRecord.id):
         add(Problem("change_record_invalid", f"change record {p.changeRecord.id!r} does not "
                                              f"match {record_pattern}"))
     # The applier, like the requester, never counts; the approval stays valid if enough
@@ -282,6 +281,11 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
             detail += " (" + "; ".join(q.detail for q in excluded) + ")"
         add(Problem(excluded[0].code if excluded else "approvals_insufficient", detail))
     return result
+
+
+@functools.lru_cache(maxsize=4096)
+def record_matches(pattern: str, record: str) -> bool:
+    return re.fullmatch(pattern, record) is not None
 
 
 def add_time_problems(st: Statement, now: datetime, max_lifetime: int, add: Any) -> None:

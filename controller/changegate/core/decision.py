@@ -30,6 +30,7 @@ from changegate.core.errors import NotCanonicalError
 from changegate.core.policy import NamespaceSettings, Policy, namespace_settings
 from changegate.core.review import AdmissionRequest
 from changegate.core.snapshot import ApprovalObject, Snapshot
+from changegate.core.trust import TrustStore
 from changegate.core.verdict import Decision, Verdict
 
 BREAK_GLASS = "changegate.io/break-glass"
@@ -80,17 +81,55 @@ def _digest(ctx: Context, obj: dict[str, Any] | None, policy: Policy, autoscaled
     """Digest of ``obj``; the old object's is cached by (uid, resourceVersion)."""
     if obj is None:
         return ABSENT
+    rules = policy.view_rules
+    if not cache:
+        return digest(obj, rules, autoscaled=autoscaled)
     meta = obj.get("metadata") or {}
-    key = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")),
-           str(id(policy.view_rules)), autoscaled)
-    if cache and key[0] and key[1]:
+    key = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")), id(rules),
+           autoscaled)
+    if key[0] and key[1]:
         found = ctx.digests.get(key)
         if found is None:
             if len(ctx.digests) > 100_000:
                 ctx.digests.clear()
-            found = ctx.digests[key] = digest(obj, policy.view_rules, autoscaled=autoscaled)
+            found = ctx.digests[key] = digest(obj, rules, autoscaled=autoscaled)
         return found
-    return digest(obj, policy.view_rules, autoscaled=autoscaled)
+    return digest(obj, rules, autoscaled=autoscaled)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceGate:
+    """What one snapshot says about one namespace, for every gated write into it."""
+
+    tier1: bool
+    terminating: bool
+    settings: NamespaceSettings
+    warnings: tuple[str, ...]  # ignored annotation values; too few eligible approvers
+
+
+MEMO_LIMIT = 10_000  # namespaces remembered per snapshot; a new snapshot starts afresh
+
+
+def namespace_gate(snap: Snapshot, policy: Policy, trust: TrustStore,
+                   namespace: str) -> NamespaceGate:
+    """Memoized in the snapshot: its labels, annotations, policy and trust store are fixed."""
+    key = ("gate", namespace)
+    gate: NamespaceGate | None = snap.memo.get(key)
+    if gate is None:
+        ns = snap.namespace(namespace)
+        settings = namespace_settings(policy, dict(ns.annotations))
+        warnings = [f"changegate: {n}" for n in settings.notes]
+        eligible = trust.eligible_approvers(
+            namespace, allow_service_accounts=policy.allowServiceAccountApprovers)
+        if len(eligible) < settings.required_approvals:
+            warnings.append(f"changegate: namespace {namespace} has {len(eligible)} eligible "
+                            f"approvers; {settings.required_approvals} are required")
+        gate = NamespaceGate(policy.selects(dict(ns.labels)), ns.terminating, settings,
+                             tuple(warnings))
+        if len(snap.memo) > MEMO_LIMIT:
+            snap.memo.clear()
+        snap.memo[key] = gate
+    return gate
 
 
 def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
@@ -99,21 +138,15 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
     policy, trust = snap.policy, snap.trust
     assert policy is not None and trust is not None  # config_error covers both
-    ns = snap.namespace(req.namespace)
-    if not policy.selects(dict(ns.labels)):
+    gate = namespace_gate(snap, policy, trust, req.namespace)
+    if not gate.tier1:
         return Verdict.allow("not_gated", f"namespace {req.namespace} is not tier-1")
     if req.operation not in policy.gatedOperations:
         return Verdict.allow("not_gated", f"{req.operation} is not gated by the policy")
-    settings = namespace_settings(policy, dict(ns.annotations))
+    settings = gate.settings
     verdict = Verdict(kind=kind, settings=settings)
-    verdict.warnings.extend(f"changegate: {n}" for n in settings.notes)
-    eligible = trust.eligible_approvers(req.namespace,
-                                        allow_service_accounts=policy.allowServiceAccountApprovers)
-    if len(eligible) < settings.required_approvals:
-        verdict.warnings.append(
-            f"changegate: namespace {req.namespace} has {len(eligible)} eligible approvers; "
-            f"{settings.required_approvals} are required")
-    if req.operation == "DELETE" and ns.terminating:
+    verdict.warnings.extend(gate.warnings)
+    if req.operation == "DELETE" and gate.terminating:
         return verdict.set_allow("namespace_terminating", "the namespace is being deleted")
     for writer in (*guards.built_in_exempt(), *policy.exemptWriters):
         if writer.matches(req.username, req.groups, kind, req.namespace, req.name):
@@ -203,7 +236,7 @@ def _find_approval(change: Change, snap: Snapshot, policy: Policy, settings: Nam
 def _manifest_digest(obj: ApprovalObject, policy: Policy, autoscaled: bool, ctx: Context
                      ) -> str | None:
     """Memoized per approval version: the manifest cannot change under a resourceVersion."""
-    key = ("manifest", obj.uid, obj.resource_version, str(id(policy.view_rules)), autoscaled)
+    key = ("manifest", obj.uid, obj.resource_version, id(policy.view_rules), autoscaled)
     if not (obj.uid and obj.resource_version):
         return manifest_digest(obj.spec, policy.view_rules, autoscaled)
     found = ctx.digests.get(key)

@@ -71,8 +71,11 @@ class ViewRules:
 DEFAULT_RULES = ViewRules()
 
 
-def _str_map(value: Any) -> dict[str, Any]:
-    return dict(value) if isinstance(value, Mapping) else {}
+def _str_map(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a mapping (read, never written), else an empty one."""
+    if type(value) is dict or isinstance(value, Mapping):  # exact type first: ABCs are slow
+        return value
+    return {}
 
 
 def view(obj: Mapping[str, Any], rules: ViewRules = DEFAULT_RULES, *, autoscaled: bool = False
@@ -100,8 +103,8 @@ def view(obj: Mapping[str, Any], rules: ViewRules = DEFAULT_RULES, *, autoscaled
     else:
         spec = _str_map(obj.get("spec"))
         if autoscaled:
-            spec.pop("replicas", None)
-        out["spec"] = spec
+            spec = {k: v for k, v in spec.items() if k != "replicas"}
+        out["spec"] = spec  # not copied: the canonical walk copies what it keeps
     return out
 
 
@@ -112,40 +115,38 @@ def _out_of_range(value: int) -> NotCanonicalError:
 
 
 def _prune_dict(value: dict[Any, Any]) -> tuple[dict[Any, Any], bool]:
-    """Drop null-valued keys at every depth; also tell whether orjson's output is RFC 8785.
+    """Drop null-valued keys at every depth; also tell whether every leaf is a plain str,
+    int or bool (no float, no subclass), so that orjson's output can be RFC 8785.
 
-    Hot path (twice per admission): leaves are handled inline by exact type, because a
-    call per leaf cost more than the rest of the walk.
+    Hot path (once per admission): leaves are handled inline by exact type, because a
+    call per leaf cost more than the rest of the walk. Keys are checked on the output
+    (one isascii() on the bytes, not one per key).
     """
     out: dict[Any, Any] = {}
-    fast = True
+    plain = True
     for key, item in value.items():
-        if item is None:
-            continue
-        if fast and not (type(key) is str and key.isascii()):
-            fast = False
         kind = type(item)
         if kind is str or kind is bool:
             out[key] = item
         elif kind is dict:
-            out[key], item_fast = _prune_dict(item)
-            fast = fast and item_fast
+            out[key], item_plain = _prune_dict(item)
+            plain = plain and item_plain
         elif kind is list:
-            out[key], item_fast = _prune_list(item)
-            fast = fast and item_fast
+            out[key], item_plain = _prune_list(item)
+            plain = plain and item_plain
         elif kind is int:
             if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 raise _out_of_range(item)
             out[key] = item
-        else:
-            out[key], item_fast = _prune(item)
-            fast = fast and item_fast
-    return out, fast
+        elif item is not None:
+            out[key], item_plain = _prune(item)
+            plain = plain and item_plain
+    return out, plain
 
 
 def _prune_list(value: list[Any]) -> tuple[list[Any], bool]:
     out: list[Any] = []
-    fast = True
+    plain = True
     for item in value:
         kind = type(item)
         if kind is str or kind is bool or item is None:
@@ -155,25 +156,35 @@ def _prune_list(value: list[Any]) -> tuple[list[Any], bool]:
                 raise _out_of_range(item)
             out.append(item)
         else:
-            pruned, item_fast = _prune(item)
+            pruned, item_plain = _prune(item)
             out.append(pruned)
-            fast = fast and item_fast
-    return out, fast
+            plain = plain and item_plain
+    return out, plain
 
 
 def _prune(value: Any) -> tuple[Any, bool]:
     """The general case (subclasses, floats, anything unusual): the reference decides."""
-    if isinstance(value, dict):
+    if type(value) is dict:
         return _prune_dict(value)
-    if isinstance(value, list):
+    if type(value) is list:
         return _prune_list(value)
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value, type(value) in (bool, str, type(None))
-    if isinstance(value, int):
-        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise _out_of_range(value)
-        return value, type(value) is int
-    return value, False  # floats and anything else: the reference decides
+    if isinstance(value, Mapping):  # a dict subclass, a read-only view: same JSON
+        return _prune_dict(dict(value))
+    if isinstance(value, list):
+        return _prune_list(list(value))
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER):
+        raise _out_of_range(value)
+    return value, type(value) in (bool, str, int, type(None))
+
+
+def _ascii_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and k.isascii() and _ascii_keys(v)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return all(_ascii_keys(v) for v in value)
+    return True
 
 
 def canonical_reference(value: Any) -> bytes:
@@ -186,12 +197,16 @@ def canonical_reference(value: Any) -> bytes:
 
 def canonical(value: Any) -> bytes:
     """RFC 8785 canonical JSON of ``value`` after removing null-valued keys."""
-    pruned, fast = _prune(value)
-    if fast:
+    pruned, plain = _prune(value)
+    if plain:
         try:
-            return orjson.dumps(pruned, option=orjson.OPT_SORT_KEYS)
+            out = orjson.dumps(pruned, option=orjson.OPT_SORT_KEYS)
         except orjson.JSONEncodeError:
-            pass  # a lone surrogate, say: let the reference explain it
+            out = b""  # a key that is no string, a lone surrogate: the reference explains
+        # Sorted keys equal RFC 8785's UTF-16 order when every key is ASCII; all-ASCII
+        # output proves that at once, else (UTF-8 data, say) the keys are looked at.
+        if out and (out.isascii() or _ascii_keys(pruned)):
+            return out
     return canonical_reference(pruned)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -129,7 +130,7 @@ class Policy(BaseModel):
             raise ValueError(f"not a regular expression: {exc}") from exc
         return value
 
-    @property
+    @functools.cached_property
     def view_rules(self) -> ViewRules:
         return _view_rules(self.ignoredAnnotations, self.ignoredLabels)
 

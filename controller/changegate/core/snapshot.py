@@ -107,6 +107,10 @@ class Snapshot:
     trust_error: str = ""
     policy_error: str = ""
     ready: bool = True
+    # Facts computed from this snapshot alone (per namespace: tier-1 or not, its settings),
+    # read by every decision. A snapshot never changes, so they are computed once; a new
+    # snapshot (every cache event) starts empty.
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def config_error(self) -> str:

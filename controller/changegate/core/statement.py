@@ -8,6 +8,7 @@ closes them.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -102,6 +103,7 @@ class Statement(_Strict):
         return parse_time(self.predicate.expiresAt)
 
 
+@functools.lru_cache(maxsize=4096)  # every decision reads each candidate's two times
 def parse_time(text: str) -> datetime:
     """RFC 3339 UTC (``Z``) only: one spelling, so signed times compare as strings too."""
     if not _TIME.match(text):

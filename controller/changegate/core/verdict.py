@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from changegate.core.approval import Problem
 from changegate.core.guide import next_step
@@ -29,8 +29,10 @@ TRUST_REASONS = frozenset({"signature_invalid", "key_untrusted", "approver_wrong
                            "trust_store_invalid", "namespace_mismatch"})
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """The answer, as every adapter reads it. Immutable; a NamedTuple because one is built
+    per admission and a frozen dataclass of 22 fields costs three times as much to build."""
+
     allowed: bool
     outcome: Outcome
     code: str  # primary reason code
@@ -68,7 +70,7 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 3] + "..."
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
     allowed: bool = False
     code: str = ""
@@ -110,13 +112,9 @@ class Verdict:
         required = self.settings.required_approvals if self.settings else (
             snap.policy.requiredApprovals if snap.policy else 2)
         approvals = f"{self.approvals}/{required}"
-        line = machine_line(req.operation, self.from_digest, self.to_digest, approvals,
-                            self.record)
-        what = f"{req.operation} {self.kind or req.kind} {req.namespace}/{req.name}".replace(
-            " /", " ")
         outcome: Outcome = "allowed" if self.allowed else (
             "error" if self.code in WEBHOOK_FAULTS else "denied")
-        warnings = list(self.warnings)
+        warnings = self.warnings
         message = ""
         audit = {"changegate.io/decision": f"{outcome}:{self.code}"}
         if self.record:
@@ -129,42 +127,56 @@ class Verdict:
             audit["changegate.io/from"] = self.from_digest
             audit["changegate.io/to"] = self.to_digest
         allowed = self.allowed
-        if self.allowed:
-            warnings.extend(f"changegate: image {t} is not pinned by digest; the approval "
-                            "covers the tag, not the image" for t in self.image_tags)
+        if allowed:
+            if self.image_tags:
+                warnings = warnings + [
+                    f"changegate: image {t} is not pinned by digest; the approval covers "
+                    "the tag, not the image" for t in self.image_tags]
         else:
-            lines = [f"changegate: {what} denied: {self.detail}",
-                     f"  reason: {self.code}"]
-            lines.extend(f"  also: {p.code}: {p.detail}" for p in self.extra[:4])
-            if self.kind:
-                lines += [f"  from: {self.from_digest}", f"  to:   {self.to_digest}"]
-            step = next_step(self.code, req, self)
-            if step:
-                lines.append(f"  next: {step}")
-            lines.append(line)
-            message = "\n".join(lines)
-            mode = self.settings.mode if self.settings else "deny"
-            dry = req.dry_run and (snap.policy is None or snap.policy.dryRun == "warn")
-            if self.code not in WEBHOOK_FAULTS and (dry or mode == "warn"):
-                prefix = "changegate: would DENY:" if dry else "changegate: would DENY (warn):"
-                warnings = [_cut(f"{prefix} {self.code}: {self.detail}")]
-                if self.kind:
-                    warnings += [f"changegate: from {self.from_digest}",
-                                 f"changegate: to {self.to_digest}"]
-                if step:
-                    warnings.append(_cut(f"changegate: next: {step}"))
-                warnings.append(line)
-                outcome, allowed, message = "warned", True, ""
+            warnings, message = self._denial(req, snap, approvals)
+            if not message:
+                outcome, allowed = "warned", True
                 audit["changegate.io/decision"] = f"warned:{self.code}"
         if req.dry_run and allowed and outcome == "allowed":
             warnings = []  # a dry-run that would pass stays silent: --warnings-as-errors works
         return Decision(
             allowed=allowed, outcome=outcome, code=self.code, detail=self.detail,
             reasons=(Problem(self.code, self.detail), *self.extra), message=message,
-            warnings=tuple(_cut(w) for w in warnings), audit=MappingProxyType(audit),
-            kind=self.kind or req.kind, operation=req.operation, namespace=req.namespace,
-            from_digest=self.from_digest, to_digest=self.to_digest, approvals=approvals,
-            record=self.record, approval=self.approval, approvers=tuple(sorted(self.approvers)),
+            warnings=tuple(w if len(w) <= MAX_WARNING else _cut(w) for w in warnings),
+            audit=MappingProxyType(audit), kind=self.kind or req.kind,
+            operation=req.operation, namespace=req.namespace, from_digest=self.from_digest,
+            to_digest=self.to_digest, approvals=approvals, record=self.record,
+            approval=self.approval, approvers=tuple(sorted(self.approvers)),
             break_glass=self.break_glass, signature_results=self.signature_results,
             policy_change=self.policy_change, config_change=self.config_change,
             dry_run=req.dry_run)
+
+    def _denial(self, req: AdmissionRequest, snap: Snapshot, approvals: str
+                ) -> tuple[list[str], str]:
+        """(warnings, message) of a denial; no message when it is only warned (warn mode, a
+        dry-run under dryRun: warn): the request is then admitted with the would-DENY lines."""
+        line = machine_line(req.operation, self.from_digest, self.to_digest, approvals,
+                            self.record)
+        what = f"{req.operation} {self.kind or req.kind} {req.namespace}/{req.name}".replace(
+            " /", " ")
+        lines = [f"changegate: {what} denied: {self.detail}", f"  reason: {self.code}"]
+        lines.extend(f"  also: {p.code}: {p.detail}" for p in self.extra[:4])
+        if self.kind:
+            lines += [f"  from: {self.from_digest}", f"  to:   {self.to_digest}"]
+        step = next_step(self.code, req, self)
+        if step:
+            lines.append(f"  next: {step}")
+        lines.append(line)
+        mode = self.settings.mode if self.settings else "deny"
+        dry = req.dry_run and (snap.policy is None or snap.policy.dryRun == "warn")
+        if self.code in WEBHOOK_FAULTS or not (dry or mode == "warn"):
+            return self.warnings, "\n".join(lines)
+        prefix = "changegate: would DENY:" if dry else "changegate: would DENY (warn):"
+        warnings = [_cut(f"{prefix} {self.code}: {self.detail}")]
+        if self.kind:
+            warnings += [f"changegate: from {self.from_digest}",
+                         f"changegate: to {self.to_digest}"]
+        if step:
+            warnings.append(_cut(f"changegate: next: {step}"))
+        warnings.append(line)
+        return warnings, ""
