@@ -12,7 +12,7 @@ import atexit
 import logging
 import sys
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 import yaml
@@ -22,6 +22,9 @@ from changegate.core.verdict import Decision
 
 AUDIT = logging.getLogger("changegate.audit")
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # a table: formatting them cost ~0.5 us
 
 
 class JSONFormatter(logging.Formatter):
@@ -36,7 +39,7 @@ class JSONFormatter(logging.Formatter):
         if second != self._second:  # one strftime per second, not per line
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+        return self._stamp + _MILLIS[int((created - second) * 1000)]
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -70,8 +73,9 @@ class _AuditLine:
     """
 
     FLUSH_SECONDS = 0.05
-    HEAD: ClassVar[dict[str, str]] = {"level": "info", "logger": "changegate.audit",
-                                      "msg": "admission"}
+    # What every audit line starts with after its time: spliced in as bytes, because
+    # merging it into each record's dict cost more than serializing the record.
+    HEAD = b'","level":"info","logger":"changegate.audit","msg":"admission",'
 
     def __init__(self, stream: Any, formatter: JSONFormatter) -> None:
         self.stream, self.formatter = stream, formatter
@@ -79,8 +83,9 @@ class _AuditLine:
         self.scheduled = False
 
     def write(self, fields: dict[str, Any]) -> None:
-        self.pending.append(orjson.dumps(
-            {"ts": self.formatter.stamp(time.time()), **self.HEAD, **fields}, default=str))
+        record = orjson.dumps(fields, default=str)  # never empty: uid, decision, ...
+        stamp = self.formatter.stamp(time.time()).encode()
+        self.pending.append(b'{"ts":"' + stamp + self.HEAD + record[1:])
         if self.scheduled:
             return
         try:

@@ -55,62 +55,62 @@ class AdmissionRequest(NamedTuple):
 
 
 def _str(req: Mapping[str, Any], key: str, *, required: bool = True) -> str:
-    value = req.get(key, "")
-    if value is None:
-        value = ""
-    if not isinstance(value, str) or (required and not value):
-        raise ReviewError(f"request.{key} is missing or not a string")
-    return value
+    value = req.get(key)
+    if type(value) is str and (value or not required):
+        return value
+    if value is None and not required:
+        return ""
+    raise ReviewError(f"request.{key} is missing or not a string")
 
 
 def _obj(req: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     value = req.get(key)
-    if value is not None and not isinstance(value, dict):
+    if value is not None and type(value) is not dict:
         raise ReviewError(f"request.{key} is not an object")
     return value
 
 
 def parse_review(doc: Any) -> AdmissionRequest:
     """Raises ReviewError (the webhook answers HTTP 400) for anything malformed."""
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise ReviewError("body is not a JSON object")
     if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":
         raise ReviewError(f"expected apiVersion {API_VERSION}, kind AdmissionReview")
     req = doc.get("request")
-    if not isinstance(req, dict):
+    if type(req) is not dict:
         raise ReviewError("request is missing")
     kind = req.get("kind")
     resource = req.get("resource")
     user = req.get("userInfo")
-    if not isinstance(kind, dict) or not isinstance(resource, dict) or not isinstance(user, dict):
+    if type(kind) is not dict or type(resource) is not dict or type(user) is not dict:
         raise ReviewError("request.kind, request.resource and request.userInfo are required")
     operation = _str(req, "operation")
     if operation not in OPERATIONS:
         raise ReviewError(f"request.operation {operation!r} is unknown")
     groups = user.get("groups") or []
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+    if type(groups) is not list or any(type(g) is not str for g in groups):
         raise ReviewError("request.userInfo.groups is not a list of strings")
     username = user.get("username", "")
-    if not isinstance(username, str):
+    if type(username) is not str:
         raise ReviewError("request.userInfo.username is not a string")
-    extra = user.get("extra") or {}
+    extra = user.get("extra")
     return AdmissionRequest(
-        uid=_str(req, "uid"),
-        group=str(kind.get("group") or ""),
-        version=str(kind.get("version") or ""),
-        kind=str(kind.get("kind") or ""),
-        resource=str(resource.get("resource") or ""),
-        sub_resource=str(req.get("subResource") or ""),
-        namespace=_str(req, "namespace", required=False),
-        name=_str(req, "name", required=False),
-        operation=operation,
-        username=username,
-        groups=frozenset(groups),
-        object=_obj(req, "object"),
-        old_object=_obj(req, "oldObject"),
-        dry_run=bool(req.get("dryRun")),
-        user_extra=extra if isinstance(extra, dict) else {},
-        resource_group=str(resource.get("group") or ""),
+        _str(req, "uid"),
+        str(kind.get("group") or ""),
+        str(kind.get("version") or ""),
+        str(kind.get("kind") or ""),
+        str(resource.get("resource") or ""),
+        str(req.get("subResource") or ""),
+        _str(req, "namespace", required=False),
+        _str(req, "name", required=False),
+        operation,
+        username,
+        frozenset(groups),
+        _obj(req, "object"),
+        _obj(req, "oldObject"),
+        bool(req.get("dryRun")),
+        extra if type(extra) is dict else NO_EXTRA,
+        str(resource.get("group") or ""),
     )
 
 
