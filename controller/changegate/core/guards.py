@@ -124,11 +124,12 @@ def is_restart_only(req: AdmissionRequest, policy: Policy) -> bool:
     touched = any((new_template.get("metadata") or {}).get("annotations", {}).get(k)
                   != (old_template.get("metadata") or {}).get("annotations", {}).get(k)
                   for k in keys)
+    if not touched:
+        return False
     rules = policy.view_rules
     old_view, new_view = view(req.old_object, rules), view(req.object, rules)
-    return touched and (
-        _without_restart(old_view, keys) == _without_restart(new_view, keys)
-        and old_view["metadata"] == new_view["metadata"])
+    return (_without_restart(old_view, keys) == _without_restart(new_view, keys)
+            and old_view["metadata"] == new_view["metadata"])
 
 
 def scale_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
