@@ -128,7 +128,7 @@ def is_restart_only(req: AdmissionRequest, policy: Policy) -> bool:
         return False
     rules = policy.view_rules
     old_view, new_view = view(req.old_object, rules), view(req.object, rules)
-    return (_without_restart(old_view, keys) == _without_restart(new_view, keys)
+    return bool(_without_restart(old_view, keys) == _without_restart(new_view, keys)
             and old_view["metadata"] == new_view["metadata"])
 
 
