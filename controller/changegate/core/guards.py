@@ -129,7 +129,7 @@ def is_restart_only(req: AdmissionRequest, policy: Policy) -> bool:
     rules = policy.view_rules
     old_view, new_view = view(req.old_object, rules), view(req.object, rules)
     return bool(_without_restart(old_view, keys) == _without_restart(new_view, keys)
-            and old_view["metadata"] == new_view["metadata"])
+                and old_view["metadata"] == new_view["metadata"])
 
 
 def scale_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
