@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 import yaml
 
-from changegate.core.review import AdmissionRequest
+from changegate.core.review import NO_EXTRA, AdmissionRequest
 from changegate.core.verdict import Decision
 
 AUDIT = logging.getLogger("changegate.audit")
@@ -67,9 +68,10 @@ class _AuditLine:
     FLUSH_SECONDS by the event loop (or at once without one, and at exit), so a crash loses
     at most that much; the API server's own audit log has the decision too.
 
-    Each line is made into bytes at once: a buffered record that still referenced the
-    request (its objects, thousands of dicts per batch) made the cyclic GC walk them all,
-    which cost more than the line itself (measured in place).
+    The JSON is made at flush, a batch at a time, off the request's path. A buffered
+    record keeps no reference to the request's objects (the request is copied without
+    them): thousands of dicts per batch would otherwise stay alive for the cyclic GC to
+    walk.
     """
 
     FLUSH_SECONDS = 0.05
@@ -79,13 +81,18 @@ class _AuditLine:
 
     def __init__(self, stream: Any, formatter: JSONFormatter) -> None:
         self.stream, self.formatter = stream, formatter
-        self.pending: list[bytes] = []
+        self.pending: list[tuple[float, Decision, AdmissionRequest | None, str, float,
+                                 dict[str, Any] | None]] = []
         self.scheduled = False
 
-    def write(self, fields: dict[str, Any]) -> None:
-        record = orjson.dumps(fields, default=str)  # never empty: uid, decision, ...
-        stamp = self.formatter.stamp(time.time()).encode()
-        self.pending.append(b'{"ts":"' + stamp + self.HEAD + record[1:])
+    def write(self, decision: Decision, request: AdmissionRequest | None, uid: str,
+              seconds: float) -> None:
+        diff = None
+        if request is not None:
+            if decision.config_change is not None:
+                diff = config_diff(request)  # reads the objects: now, not at flush
+            request = request._replace(object=None, old_object=None, user_extra=NO_EXTRA)
+        self.pending.append((time.time(), decision, request, uid, seconds, diff))
         if self.scheduled:
             return
         try:
@@ -96,12 +103,26 @@ class _AuditLine:
         self.scheduled = True
         loop.call_later(self.FLUSH_SECONDS, self.flush)
 
+    def lines(self, batch: list[tuple[float, Decision, AdmissionRequest | None, str, float,
+                                      dict[str, Any] | None]]) -> list[bytes]:
+        out = []
+        stamp, dumps, head = self.formatter.stamp, orjson.dumps, self.HEAD
+        for created, decision, request, uid, seconds, diff in batch:
+            try:
+                fields = audit_fields(decision, request, uid=uid, seconds=seconds, diff=diff)
+            except Exception as exc:  # noqa: BLE001 - one bad record must not lose the batch
+                fields = {"uid": uid, "decision": decision.outcome, "reason": decision.code,
+                          "auditError": repr(exc)[:300]}
+            record = dumps(fields, default=str)  # never empty: uid, decision, ...
+            out.append(b'{"ts":"' + stamp(created).encode() + head + record[1:])
+        return out
+
     def flush(self) -> None:
         self.scheduled = False
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        data = b"\n".join(batch) + b"\n"
+        data = b"\n".join(self.lines(batch)) + b"\n"
         buffer = getattr(self.stream, "buffer", None)
         if buffer is not None:  # a text stream over bytes: skip a decode and an encode
             self.stream.flush()  # keep order with what was written as text
@@ -123,7 +144,6 @@ def setup(level: str = "info", stream: Any = None) -> None:
     if _direct is not None:
         _direct.flush()
     _direct = _AuditLine(handler.stream, formatter)
-    atexit.register(_direct.flush)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -134,7 +154,9 @@ def setup(level: str = "info", stream: Any = None) -> None:
 
 
 def audit_fields(decision: Decision, request: AdmissionRequest | None, *, uid: str,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, diff: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The audit record's fields. ``diff``: config_diff(request), when it was taken before
+    the request's objects were dropped."""
     fields: dict[str, Any] = {
         "uid": uid,
         "decision": decision.outcome,
@@ -166,7 +188,9 @@ def audit_fields(decision: Decision, request: AdmissionRequest | None, *, uid: s
         fields["alsoReasons"] = [r.code for r in decision.reasons[1:]]
     if decision.config_change is not None:
         fields["config"], fields["loosened"] = decision.config_change
-        if request is not None:
+        if diff is not None:
+            fields.update(diff)
+        elif request is not None:
             fields.update(config_diff(request))
     return fields
 
@@ -207,9 +231,15 @@ def config_diff(request: AdmissionRequest) -> dict[str, Any]:
 
 
 def flush() -> None:
-    """Write out buffered audit lines (the server calls it when it stops)."""
+    """Write out buffered audit lines (the server calls it when it stops, and at exit)."""
     if _direct is not None:
         _direct.flush()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    with contextlib.suppress(OSError, ValueError):  # a stream already closed: nothing to do
+        flush()
 
 
 def audit(decision: Decision, request: AdmissionRequest | None, *, uid: str,
@@ -217,7 +247,7 @@ def audit(decision: Decision, request: AdmissionRequest | None, *, uid: str,
     if not AUDIT.isEnabledFor(logging.INFO):
         return
     if _direct is not None and not AUDIT.handlers and AUDIT.propagate:
-        _direct.write(audit_fields(decision, request, uid=uid, seconds=seconds))
+        _direct.write(decision, request, uid, seconds)
     else:  # someone configured logging differently: respect it
         AUDIT.info("admission", extra={"fields": audit_fields(decision, request, uid=uid,
                                                               seconds=seconds)})

@@ -56,3 +56,24 @@ def test_without_a_loop_each_line_is_written_at_once(stream):
     logs.audit(decide(request, snapshot(), NOW), request, uid="u", seconds=0.001)
     (record,) = lines(stream)
     assert record["uid"] == "u" and record["kind"] == "ConfigMap"
+
+
+async def test_a_config_change_is_logged_with_what_it_changes(stream):
+    """The trust store's diff is taken from the request's objects before the buffered
+    record drops them."""
+    review = fixture("configmap-update")
+    req = review["request"]
+    req["namespace"] = "changegate"
+    req["name"] = "changegate-trust"
+    for obj, names in ((req["oldObject"], ["bob"]), (req["object"], ["bob", "dave"])):
+        obj["metadata"].update(namespace="changegate", name="changegate-trust")
+        obj["data"] = {"approvers.yaml": "approvers:\n" + "".join(
+            f"- name: {n}\n  keys: []\n" for n in names)}
+    request = request_of(review)
+    decision = decide(request, snapshot(), NOW)
+    assert decision.config_change is not None
+    logs.audit(decision, request, uid="cfg", seconds=0.001)
+    await asyncio.sleep(logs._AuditLine.FLUSH_SECONDS * 3)
+    (record,) = lines(stream)
+    assert record["config"] == "trust" and record["changedKeys"] == ["approvers.yaml"]
+    assert record["approversAdded"] == ["dave"] and record["approversRemoved"] == []
