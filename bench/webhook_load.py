@@ -2,6 +2,7 @@
 
     python bench/webhook_load.py [--rounds 6] [--duration 3] [--connections 32] [--rate 500]
                                  [--fixed-seconds 10] [--approvals 10000] [--cores 0,1]
+                                 [--quiet-variant]
 
 Three servers run at once, pinned to the first core, and take turns under load from the
 second core: the allow-all baseline, `serve --static` (the fixtures' state) and `serve` with
@@ -397,6 +398,10 @@ def main_run(opts: argparse.Namespace) -> int:
         Server("allow-all", [py, __file__, "allow-all", "--cert", str(cert), "--key", str(key)],
                opts, common),
         Server("serve --static", [*serve, "--static", str(state)], opts, common)]
+    if opts.quiet_variant:  # what the audit line costs: the same server without it
+        servers.append(Server("serve --static, no audit line",
+                              [*serve, "--static", str(state), "--log-level", "warning"],
+                              opts, common))
     fake = None
     try:
         if opts.approvals:
@@ -464,6 +469,8 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--approvals", type=int, default=10_000)
     parser.add_argument("--cores", default="0,1", help="server core,client core")
+    parser.add_argument("--quiet-variant", action="store_true",
+                        help="also serve --static at --log-level warning (no audit line)")
     a = sub.add_parser("allow-all")
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--metrics-port", type=int, required=True)
