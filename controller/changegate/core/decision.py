@@ -291,9 +291,3 @@ def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: P
             return (f"{other.name} under the same change record {record} is not complete "
                     f"({problems[0].detail}); the release goes in whole or not at all")
     return ""
-
-
-def settings_for(snap: Snapshot, namespace: str) -> NamespaceSettings | None:
-    if snap.policy is None:
-        return None
-    return namespace_settings(snap.policy, dict(snap.namespace(namespace).annotations))

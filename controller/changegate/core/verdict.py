@@ -142,7 +142,7 @@ class Verdict:
         return Decision(
             allowed=allowed, outcome=outcome, code=self.code, detail=self.detail,
             reasons=(Problem(self.code, self.detail), *self.extra), message=message,
-            warnings=tuple(w if len(w) <= MAX_WARNING else _cut(w) for w in warnings),
+            warnings=tuple(map(_cut, warnings)),
             audit=MappingProxyType(audit), kind=self.kind or req.kind,
             operation=req.operation, namespace=req.namespace, from_digest=self.from_digest,
             to_digest=self.to_digest, approvals=approvals, record=self.record,
@@ -157,26 +157,26 @@ class Verdict:
         dry-run under dryRun: warn): the request is then admitted with the would-DENY lines."""
         line = machine_line(req.operation, self.from_digest, self.to_digest, approvals,
                             self.record)
+        step = next_step(self.code, req, self)
+        mode = self.settings.mode if self.settings else "deny"
+        dry = req.dry_run and (snap.policy is None or snap.policy.dryRun == "warn")
+        if self.code not in WEBHOOK_FAULTS and (dry or mode == "warn"):
+            prefix = "changegate: would DENY:" if dry else "changegate: would DENY (warn):"
+            warnings = [_cut(f"{prefix} {self.code}: {self.detail}")]
+            if self.kind:
+                warnings += [f"changegate: from {self.from_digest}",
+                             f"changegate: to {self.to_digest}"]
+            if step:
+                warnings.append(_cut(f"changegate: next: {step}"))
+            warnings.append(line)
+            return warnings, ""
         what = f"{req.operation} {self.kind or req.kind} {req.namespace}/{req.name}".replace(
             " /", " ")
         lines = [f"changegate: {what} denied: {self.detail}", f"  reason: {self.code}"]
         lines.extend(f"  also: {p.code}: {p.detail}" for p in self.extra[:4])
         if self.kind:
             lines += [f"  from: {self.from_digest}", f"  to:   {self.to_digest}"]
-        step = next_step(self.code, req, self)
         if step:
             lines.append(f"  next: {step}")
         lines.append(line)
-        mode = self.settings.mode if self.settings else "deny"
-        dry = req.dry_run and (snap.policy is None or snap.policy.dryRun == "warn")
-        if self.code in WEBHOOK_FAULTS or not (dry or mode == "warn"):
-            return self.warnings, "\n".join(lines)
-        prefix = "changegate: would DENY:" if dry else "changegate: would DENY (warn):"
-        warnings = [_cut(f"{prefix} {self.code}: {self.detail}")]
-        if self.kind:
-            warnings += [f"changegate: from {self.from_digest}",
-                         f"changegate: to {self.to_digest}"]
-        if step:
-            warnings.append(_cut(f"changegate: next: {step}"))
-        warnings.append(line)
-        return warnings, ""
+        return self.warnings, "\n".join(lines)
