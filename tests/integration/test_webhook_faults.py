@@ -11,7 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from changegate import webhook as webhook_module
 from changegate.config import ServeConfig
 from changegate.core.snapshot import ApprovalObject, Snapshot
-from changegate.webhook import Webhook, make_app, make_metrics_app
+from changegate.webhook import Webhook, make_metrics_app
+from tests.integration.hookserver import HookServer
 from tests.support import fixture, sign, snapshot
 
 DENY_LINE = "changegate: op=UPDATE from=none to=none approvals=0/2 record=none"
@@ -44,7 +45,7 @@ class Source:
 
 async def answer(source: Source, review: dict[str, Any], **config: Any) -> dict[str, Any]:
     hook = Webhook(source, ServeConfig(**config))
-    async with TestClient(TestServer(make_app(hook))) as client:
+    async with TestClient(HookServer(hook)) as client:
         response = await client.post("/validate", json=review)
         assert response.status == 200
         return (await response.json())["response"]

@@ -66,6 +66,27 @@ async def test_an_oversized_body_is_refused_with_413_and_the_service_keeps_servi
         assert (await response.json())["response"]["uid"] == small["request"]["uid"]
 
 
+async def test_only_post_validate_is_served_and_expect_100_continue_gets_its_answer(
+        static_server, client):
+    """The HTTPS port runs aiohttp's low-level server (no router): what a router gave for
+    free must still hold."""
+    base = static_server.url.removesuffix("/validate")
+    async with client.get(static_server.url) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+    async with client.post(base + "/validate/", json=fixture("deployment-update")) as response:
+        assert response.status == 404
+    async with client.post(static_server.url + "?timeout=10s", json=fixture("deployment-update"),
+                           expect100=True) as response:  # the API server adds ?timeout=
+        assert response.status == 200
+        answer = (await response.json())["response"]
+        assert answer["uid"] == fixture("deployment-update")["request"]["uid"]
+        assert answer["allowed"] is False
+    async with client.post(static_server.url, data=b"{}",
+                           headers={"Expect": "something-else"}) as response:
+        assert response.status == 417
+
+
 def configmap_update(text: str, user_groups: list[str]) -> dict:
     review = fixture("configmap-update")
     req = review["request"]

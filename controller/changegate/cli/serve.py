@@ -114,7 +114,7 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
                  context: str | None) -> None:
     from aiohttp import web
 
-    from changegate.webhook import Webhook, make_app, make_metrics_app
+    from changegate.webhook import Webhook, make_metrics_app, make_server
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,8 +136,8 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
     hook = Webhook(source, config)
     runners = [web.AppRunner(make_metrics_app(hook), access_log=None, handle_signals=False,
                              shutdown_timeout=1.0),
-               web.AppRunner(make_app(hook), access_log=None, handle_signals=False,
-                             shutdown_timeout=SHUTDOWN_SECONDS)]
+               web.ServerRunner(make_server(hook), handle_signals=False,
+                                shutdown_timeout=SHUTDOWN_SECONDS)]
     try:
         for runner in runners:
             await runner.setup()
