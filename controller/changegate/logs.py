@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import yaml
 
+from changegate.core.audit import audit_record
 from changegate.core.review import AdmissionRequest
 from changegate.core.verdict import Decision
 
@@ -135,43 +136,9 @@ def setup(level: str = "info", stream: Any = None) -> None:
 
 def audit_fields(decision: Decision, request: AdmissionRequest | None, *, uid: str,
                  seconds: float) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "uid": uid,
-        "decision": decision.outcome,
-        "allowed": decision.allowed,
-        "reason": decision.code,
-        "detail": decision.detail,
-        "operation": decision.operation,
-        "kind": decision.kind,
-        "namespace": decision.namespace,
-        "durationMs": round(seconds * 1000, 3),
-    }
-    if request is not None:
-        fields["user"] = request.username
-        fields["groups"] = sorted(request.groups)
-        fields["name"] = request.name
-        fields["resource"] = request.resource
-        fields["subResource"] = request.sub_resource or None
-        fields["dryRun"] = request.dry_run
-    if decision.from_digest != "none" or decision.to_digest != "none":
-        fields["fromDigest"] = decision.from_digest
-        fields["toDigest"] = decision.to_digest
-    if decision.approval:
-        fields["approval"] = decision.approval
-    if decision.approvers:
-        fields["approvers"] = list(decision.approvers)
-    if decision.record:
-        fields["record"] = decision.record
-    if decision.approvals:
-        fields["approvals"] = decision.approvals
-    if decision.break_glass:
-        fields["breakGlass"] = True
-    if len(decision.reasons) > 1:
-        fields["alsoReasons"] = [r.code for r in decision.reasons[1:]]
-    if decision.config_change is not None:
-        fields["config"], fields["loosened"] = decision.config_change
-        if request is not None:
-            fields.update(config_diff(request))
+    fields = audit_record(decision, request, uid=uid, seconds=seconds)
+    if decision.config_change is not None and request is not None:
+        fields.update(config_diff(request))  # parses YAML: here, not in the core
     return fields
 
 

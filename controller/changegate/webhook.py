@@ -141,7 +141,21 @@ class Webhook:
     async def _decide_guarded(self, review: AdmissionRequest, deadline_at: float) -> Decision:
         loop = asyncio.get_running_loop()
         try:
-            decision = await self._decide(review, deadline_at)
+            if not self.source.ready:
+                return self.fault(review, "cache_not_ready",
+                                  f"the webhook has not loaded its state yet "
+                                  f"({self.source.not_ready_reason()}); retry in a few seconds")
+            snap = self.source.snapshot()
+            now = self.clock()
+            decision = decide(review, snap, now, self.context)
+            # Only where a fresher approval could change the answer: a denial, or a dry-run
+            # (preflight) asking whether the real write would be denied. warn mode admits
+            # either way, and a consistent LIST takes ~100 ms: not for every write there.
+            if (decision.code in READ_THROUGH_CODES
+                    and (decision.outcome == "denied"
+                         or (review.dry_run and decision.outcome == "warned"))
+                    and getattr(self.source, "reads_through", True)):
+                decision = await self._read_through(review, snap, now, decision, deadline_at)
         except TimeoutError:
             return self.fault(review, "deadline_exceeded",
                               f"no decision within the webhook's deadline of "
@@ -158,36 +172,23 @@ class Webhook:
                               f"{self.config.deadline_seconds:g} s")
         return decision
 
-    async def _decide(self, review: AdmissionRequest, deadline_at: float) -> Decision:
-        if not self.source.ready:
-            return self.fault(review, "cache_not_ready",
-                              f"the webhook has not loaded its state yet "
-                              f"({self.source.not_ready_reason()}); retry in a few seconds")
-        snap = self.source.snapshot()
-        now = self.clock()
-        decision = decide(review, snap, now, self.context)
-        # Only where a fresher approval could change the answer: a denial, or a dry-run
-        # (preflight) asking whether the real write would be denied. warn mode admits
-        # either way, and a consistent LIST takes ~100 ms: not for every write there.
-        if (decision.code in READ_THROUGH_CODES
-                and (decision.outcome == "denied"
-                     or (review.dry_run and decision.outcome == "warned"))
-                and getattr(self.source, "reads_through", True)):
-            loop = asyncio.get_running_loop()
-            budget = min(READ_THROUGH_SECONDS, deadline_at - loop.time() - MARGIN_SECONDS)
-            if budget > 0.05:
-                async with asyncio.timeout_at(deadline_at):  # the only await of a decision
-                    fresh = await self.source.read_through(review.namespace, budget)
-                known = snap.approvals_in(review.namespace)
-                if fresh is not None and _key_set(fresh) != _key_set(known):
-                    # Only this decision sees the fresher list; the watch brings it to the
-                    # cache. Merging here could regress objects the watch already updated.
-                    self.read_throughs += 1
-                    overlay = dict(snap.approvals)
-                    overlay[review.namespace] = fresh
-                    decision = decide(review, dataclasses.replace(snap, approvals=overlay),
-                                      now, self.context)
-        return decision
+    async def _read_through(self, review: AdmissionRequest, snap: Snapshot, now: datetime,
+                            decision: Decision, deadline_at: float) -> Decision:
+        budget = min(READ_THROUGH_SECONDS,
+                     deadline_at - asyncio.get_running_loop().time() - MARGIN_SECONDS)
+        if budget <= 0.05:
+            return decision
+        async with asyncio.timeout_at(deadline_at):  # the only await of a decision
+            fresh = await self.source.read_through(review.namespace, budget)
+        known = snap.approvals_in(review.namespace)
+        if fresh is None or _key_set(fresh) == _key_set(known):
+            return decision
+        # Only this decision sees the fresher list; the watch brings it to the cache.
+        # Merging here could regress objects the watch already updated.
+        self.read_throughs += 1
+        overlay = dict(snap.approvals)
+        overlay[review.namespace] = fresh
+        return decide(review, dataclasses.replace(snap, approvals=overlay), now, self.context)
 
     def fault(self, review: AdmissionRequest, code: str, detail: str) -> Decision:
         """A denial for the webhook's own failure, worded and shaped like any other."""
