@@ -3,16 +3,19 @@
 # `changegate operator`; the Helm chart passes the subcommand as args.
 
 # --- builder: the project and every dependency as wheels ---------------------------------
-# Every dependency publishes manylinux wheels for amd64 and arm64, so no compiler is
-# needed even here; the final image gets only the wheels.
-FROM python:3.11-slim-bookworm AS builder
+# The full python image, for its C compiler: the decision core is compiled with mypyc
+# (setup.py, CHANGEGATE_COMPILE=1), ~1.5x faster per decision. Every dependency publishes
+# manylinux wheels for amd64 and arm64; the final image gets only the wheels, never the
+# compiler. Same Python and Debian release as the final stage, so the wheel fits it.
+FROM python:3.11-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # pyproject.toml names README.md as the package's readme, so the build needs it.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY controller ./controller
-RUN pip wheel --wheel-dir /wheels .
+RUN pip install "mypy==2.4.1" "setuptools==84.2.1" \
+ && CHANGEGATE_COMPILE=1 pip wheel --no-build-isolation --wheel-dir /wheels .
 
 # --- final: the wheels on a clean slim image, no build tools -------------------------------
 FROM python:3.11-slim-bookworm

@@ -2,9 +2,10 @@
 
     python bench/webhook_load.py [--rounds 6] [--duration 3] [--connections 32] [--rate 500]
                                  [--fixed-seconds 10] [--approvals 10000] [--cores 0,1]
-                                 [--quiet-variant]
+                                 [--quiet-variant] [--pure | --pure-variant]
 
-Three servers run at once, pinned to the first core, and take turns under load from the
+serve runs as the container image has it: the core compiled with mypyc (setup.py; built
+into a temporary directory first, ~1 min, needs mypy and a C compiler). Three servers run at once, pinned to the first core, and take turns under load from the
 second core: the allow-all baseline, `serve --static` (the fixtures' state) and `serve` with
 10,000 ChangeApprovals listed from a fake API server (its cache, the production path), both
 at the default log level (one audit line per decision). In interleaved rounds (A B C, C B
@@ -15,6 +16,7 @@ one run after another to compare. Then p50/p99/max at a fixed 500 req/s (open-lo
 client: latency counted from the scheduled send time, so a stall is not hidden), the
 server's CPU per request, and its RSS.
 Needs `wrk` (Debian: apt-get install wrk) and `taskset` (util-linux).
+`--pure` runs serve as installed (plain Python); `--pure-variant` adds that as a server.
 """
 
 from __future__ import annotations
@@ -311,14 +313,18 @@ class Server:
     turns (the others are idle during its turn)."""
 
     def __init__(self, label: str, argv: list[str], opts: argparse.Namespace,
-                 common: dict[str, Any]) -> None:
+                 common: dict[str, Any], *, pythonpath: Path | None = None) -> None:
         self.label, self.opts, self.common = label, opts, common
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"https://127.0.0.1:{self.port}/validate"
+        env = dict(os.environ)
+        if pythonpath is not None:  # the compiled build, ahead of the editable install
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath),
+                                                              env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             ["taskset", "-c", opts.cores.split(",")[0], *argv, "--port", str(self.port),
              "--metrics-port", str(self.metrics_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         self.rounds: list[dict[str, float]] = []
         self.cpu = 0.0
         self.requests = 0
@@ -383,11 +389,29 @@ def measure(servers: list[Server], opts: argparse.Namespace, workdir: Path
     return results
 
 
+def compile_core(target: Path) -> None:
+    """The package as the image has it: the core compiled with mypyc (setup.py)."""
+    print("compiling the core with mypyc (as the container image does; --pure skips) ...",
+          flush=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(REPO)],
+        env={**os.environ, "CHANGEGATE_COMPILE": "1"}, capture_output=True, text=True)
+    shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools' intermediate files
+    if proc.returncode != 0 or not any(target.glob("changegate/core/*.so")):
+        raise SystemExit("compiling the core failed (needs mypy, setuptools>=77 and a C "
+                         "compiler; or run with --pure):\n" + proc.stderr[-2000:])
+
+
 def main_run(opts: argparse.Namespace) -> int:
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("needs wrk and taskset (apt-get install wrk util-linux)", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="changegate-bench-"))
+    compiled = None
+    if not opts.pure:
+        compiled = workdir / "compiled"
+        compile_core(compiled)
     cert, key, ca_file, state, bodies = prepare(workdir)
     py = sys.executable
     common = {"bodies": bodies, "ca": ca_file}
@@ -397,10 +421,14 @@ def main_run(opts: argparse.Namespace) -> int:
     servers = [
         Server("allow-all", [py, __file__, "allow-all", "--cert", str(cert), "--key", str(key)],
                opts, common),
-        Server("serve --static", [*serve, "--static", str(state)], opts, common)]
+        Server("serve --static", [*serve, "--static", str(state)], opts, common,
+               pythonpath=compiled)]
     if opts.quiet_variant:  # what the audit line costs: the same server without it
         servers.append(Server("serve --static, no audit line",
                               [*serve, "--static", str(state), "--log-level", "warning"],
+                              opts, common, pythonpath=compiled))
+    if opts.pure_variant and compiled is not None:  # what compiling the core buys
+        servers.append(Server("serve --static, plain Python", [*serve, "--static", str(state)],
                               opts, common))
     fake = None
     try:
@@ -422,7 +450,7 @@ def main_run(opts: argparse.Namespace) -> int:
                 "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
             servers.append(Server(f"serve, {opts.approvals} approvals cached",
                                   [*serve, "--kubeconfig", str(kubeconfig), "--namespace",
-                                   "changegate"], opts, common))
+                                   "changegate"], opts, common, pythonpath=compiled))
         results = measure(servers, opts, workdir)
     finally:
         for server in servers:
@@ -430,16 +458,17 @@ def main_run(opts: argparse.Namespace) -> int:
         if fake is not None:
             fake.terminate()
             fake.wait(timeout=20)
-    report(results, opts)
+    report(results, opts, compiled=compiled is not None)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def report(results: dict[str, Any], opts: argparse.Namespace) -> None:
+def report(results: dict[str, Any], opts: argparse.Namespace, *, compiled: bool) -> None:
     print(f"\n{len(list(FIXTURES.glob('*.json')))} fixture reviews round-robin, TLS, keep-alive,"
           f" {opts.connections} connections; {opts.rounds} interleaved rounds of "
           f"{opts.duration} s each; server on core {opts.cores.split(',')[0]}, clients on "
-          f"core {opts.cores.split(',')[1]}")
+          f"core {opts.cores.split(',')[1]}; serve's core "
+          + ("compiled with mypyc, as in the image" if compiled else "plain Python (--pure)"))
     header = (f"{'server':32} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
               f"{'(min-max)':>11} {'CPU us/req':>10} | {'@' + str(opts.rate) + '/s p50':>10} "
               f"{'p99':>6} {'max':>6} | {'RSS MiB':>8}")
@@ -471,6 +500,10 @@ def main() -> int:
     parser.add_argument("--cores", default="0,1", help="server core,client core")
     parser.add_argument("--quiet-variant", action="store_true",
                         help="also serve --static at --log-level warning (no audit line)")
+    parser.add_argument("--pure", action="store_true",
+                        help="serve as installed (plain Python), without compiling the core")
+    parser.add_argument("--pure-variant", action="store_true",
+                        help="also serve --static with the core as plain Python")
     a = sub.add_parser("allow-all")
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--metrics-port", type=int, required=True)

@@ -104,9 +104,9 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
         keyid = str(entry.get("keyid", "")) if isinstance(entry, dict) else ""
         try:
             sig = b64decode(entry.get("sig", "") if isinstance(entry, dict) else "")
-        except ValueError as exc:
+        except ValueError as bad:  # not `exc`: mypyc types a name once per function
             results.append("invalid")
-            problems.append(Problem("signature_invalid", f"signatures[{index}]: {exc}"))
+            problems.append(Problem("signature_invalid", f"signatures[{index}]: {bad}"))
             continue
         signer = trust.find_signer(sig, message, keyid)
         if signer is None:
