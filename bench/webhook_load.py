@@ -5,11 +5,12 @@
                                  [--quiet-variant] [--pure | --pure-variant]
 
 serve runs as the container image has it: the core compiled with mypyc (setup.py; built
-into a temporary directory first, ~1 min, needs mypy and a C compiler). Three servers run at once, pinned to the first core, and take turns under load from the
-second core: the allow-all baseline, `serve --static` (the fixtures' state) and `serve` with
-10,000 ChangeApprovals listed from a fake API server (its cache, the production path), both
-at the default log level (one audit line per decision). In interleaved rounds (A B C, C B
-A, ...) it measures max req/s with p50/p99 (wrk, keep-alive, TLS, fixture reviews
+into a temporary directory first, ~1 min, needs mypy and a C compiler). Three servers run
+at once, pinned to the first core, and take turns under load from the second core: the
+allow-all baseline, `serve --static` (the fixtures' state) and `serve` with 10,000
+ChangeApprovals listed from a fake API server (its cache, the production path), both at
+the default log level (one audit line per decision). In interleaved rounds (A B C, C B A,
+...) it measures max req/s with p50/p99 (wrk, keep-alive, TLS, fixture reviews
 round-robin), and reports each server's median req/s and the median over rounds of its
 ratio to the baseline's req/s in the same round: the machine's speed drifts too much for
 one run after another to compare. Then p50/p99/max at a fixed 500 req/s (open-loop aiohttp
