@@ -231,7 +231,7 @@ class Webhook:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def make_server(webhook: Webhook, **kwargs: Any) -> web.Server:
+def make_server(webhook: Webhook) -> web.Server:
     """The HTTPS side (served with the ReloadingCertificate's SSLContext): one route, so
     aiohttp's low-level server rather than an Application, whose router and middleware
     chain cost ~8 us of a ~90 us request (bench/webhook_load.py, allow-all both ways)."""
@@ -252,7 +252,7 @@ def make_server(webhook: Webhook, **kwargs: Any) -> web.Server:
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         return await webhook.validate(request)
 
-    return web.Server(route, request_factory=new_request, access_log=None, **kwargs)
+    return web.Server(route, request_factory=new_request, access_log=None)
 
 
 async def _continue(request: web.BaseRequest) -> None:
