@@ -115,7 +115,7 @@ class Webhook:
             return self._bad_request(f"malformed JSON: {exc}", started)
         except ReviewError as exc:
             return self._bad_request(f"not an AdmissionReview: {exc}", started)
-        decision = await self._decide_guarded(review, deadline_at)
+        decision = await self._decide_guarded(review, loop, deadline_at)
         seconds = time.perf_counter() - started
         body_out = self._response(review.uid, decision)
         namespace = review.name if review.resource == "namespaces" else review.namespace
@@ -138,8 +138,8 @@ class Webhook:
             uid, allowed=decision.allowed, message=decision.message,
             warnings=decision.warnings, audit=decision.audit))
 
-    async def _decide_guarded(self, review: AdmissionRequest, deadline_at: float) -> Decision:
-        loop = asyncio.get_running_loop()
+    async def _decide_guarded(self, review: AdmissionRequest, loop: asyncio.AbstractEventLoop,
+                              deadline_at: float) -> Decision:
         try:
             if not self.source.ready:
                 return self.fault(review, "cache_not_ready",
@@ -155,7 +155,8 @@ class Webhook:
                     and (decision.outcome == "denied"
                          or (review.dry_run and decision.outcome == "warned"))
                     and getattr(self.source, "reads_through", True)):
-                decision = await self._read_through(review, snap, now, decision, deadline_at)
+                decision = await self._read_through(review, snap, now, decision,
+                                                    loop.time(), deadline_at)
         except TimeoutError:
             return self.fault(review, "deadline_exceeded",
                               f"no decision within the webhook's deadline of "
@@ -173,9 +174,8 @@ class Webhook:
         return decision
 
     async def _read_through(self, review: AdmissionRequest, snap: Snapshot, now: datetime,
-                            decision: Decision, deadline_at: float) -> Decision:
-        budget = min(READ_THROUGH_SECONDS,
-                     deadline_at - asyncio.get_running_loop().time() - MARGIN_SECONDS)
+                            decision: Decision, at: float, deadline_at: float) -> Decision:
+        budget = min(READ_THROUGH_SECONDS, deadline_at - at - MARGIN_SECONDS)
         if budget <= 0.05:
             return decision
         async with asyncio.timeout_at(deadline_at):  # the only await of a decision
@@ -236,13 +236,15 @@ def make_server(webhook: Webhook) -> web.Server:
     aiohttp's low-level server rather than an Application, whose router and middleware
     chain cost ~8 us of a ~90 us request (bench/webhook_load.py, allow-all both ways)."""
     limit = webhook.config.max_body_bytes
+    # Looked up once: each get_running_loop() is a getpid(2), a syscall (fork safety).
+    loop = asyncio.get_running_loop()
 
     def new_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any
                     ) -> web.BaseRequest:
         # client_max_size makes request.read() refuse bodies over the limit with 413, also
         # when they arrive chunked without a Content-Length.
-        return web.BaseRequest(message, payload, protocol, writer, task,
-                               asyncio.get_running_loop(), client_max_size=limit)
+        return web.BaseRequest(message, payload, protocol, writer, task, loop,
+                               client_max_size=limit)
 
     async def route(request: web.BaseRequest) -> web.StreamResponse:
         if request.path != VALIDATE_PATH:
@@ -252,7 +254,7 @@ def make_server(webhook: Webhook) -> web.Server:
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         return await webhook.validate(request)
 
-    return web.Server(route, request_factory=new_request, access_log=None)
+    return web.Server(route, request_factory=new_request, access_log=None, loop=loop)
 
 
 async def _continue(request: web.BaseRequest) -> None:

@@ -14,7 +14,7 @@ import functools
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -193,29 +193,37 @@ class VerificationMemo:
             self._data.popitem(last=False)
 
 
-class Change(NamedTuple):
-    """The change an admission request makes, as the approval must name it."""
+class Change:
+    """The change an admission request makes, as the approval must name it. Like Fit, a
+    plain class: see verdict.Decision for why (once per gated request)."""
 
-    api_version: str
-    kind: str
-    namespace: str
-    name: str
-    uid: str
-    operation: str
-    from_digest: str
-    to_digest: str
-    applier: str
+    __slots__ = ("api_version", "applier", "from_digest", "kind", "name", "namespace",
+                 "operation", "to_digest", "uid")
+
+    def __init__(self, *, api_version: str, kind: str, namespace: str, name: str, uid: str,
+                 operation: str, from_digest: str, to_digest: str, applier: str) -> None:
+        self.api_version = api_version
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
+        self.operation = operation
+        self.from_digest = from_digest
+        self.to_digest = to_digest
+        self.applier = applier
 
 
-@dataclass(slots=True)
 class Fit:
     """How well one verified approval fits one change."""
 
-    approval: str
-    problems: list[Problem] = field(default_factory=list)
-    approvers: frozenset[str] = frozenset()
-    record: str = ""
-    nonce: str = ""
+    __slots__ = ("approval", "approvers", "nonce", "problems", "record")
+
+    def __init__(self, approval: str) -> None:
+        self.approval = approval
+        self.problems: list[Problem] = []
+        self.approvers: frozenset[str] = frozenset()
+        self.record = ""
+        self.nonce = ""
 
     @property
     def ok(self) -> bool:
@@ -226,7 +234,7 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
         max_lifetime: int, record_pattern: str, required: int, used: frozenset[str],
         phase: str, name: str) -> Fit:
     """Every rule of SPEC §4 that depends on the request, the clock or the ledger."""
-    result = Fit(approval=name)
+    result = Fit(name)
     result.problems.extend(p for p in verified.problems
                            if p.code not in ("approver_duplicate", "self_approval"))
     st = verified.statement or verified.unverified

@@ -27,7 +27,7 @@ from changegate.core.approval import (
 )
 from changegate.core.digest import ABSENT, digest
 from changegate.core.errors import NotCanonicalError
-from changegate.core.policy import NamespaceSettings, Policy, namespace_settings
+from changegate.core.policy import ExemptWriter, NamespaceSettings, Policy, namespace_settings
 from changegate.core.review import AdmissionRequest
 from changegate.core.snapshot import ApprovalObject, Snapshot
 from changegate.core.trust import TrustStore
@@ -105,6 +105,7 @@ class NamespaceGate:
     terminating: bool
     settings: NamespaceSettings
     warnings: tuple[str, ...]  # ignored annotation values; too few eligible approvers
+    exempt: tuple[ExemptWriter, ...]  # built-in, then the policy's
 
 
 MEMO_LIMIT = 10_000  # namespaces remembered per snapshot; a new snapshot starts afresh
@@ -125,7 +126,7 @@ def namespace_gate(snap: Snapshot, policy: Policy, trust: TrustStore,
             warnings.append(f"changegate: namespace {namespace} has {len(eligible)} eligible "
                             f"approvers; {settings.required_approvals} are required")
         gate = NamespaceGate(policy.selects(dict(ns.labels)), ns.terminating, settings,
-                             tuple(warnings))
+                             tuple(warnings), (*guards.built_in_exempt(), *policy.exemptWriters))
         if len(snap.memo) > MEMO_LIMIT:
             snap.memo.clear()
         snap.memo[key] = gate
@@ -148,7 +149,7 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
     verdict.warnings.extend(gate.warnings)
     if req.operation == "DELETE" and gate.terminating:
         return verdict.set_allow("namespace_terminating", "the namespace is being deleted")
-    for writer in (*guards.built_in_exempt(), *policy.exemptWriters):
+    for writer in gate.exempt:
         if writer.matches(req.username, req.groups, kind, req.namespace, req.name):
             return verdict.set_allow("exempt_writer", f"{req.username} is an exempt writer "
                                                       f"of {kind} {req.name}")

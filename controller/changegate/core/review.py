@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from changegate.core.errors import ReviewError
 
@@ -19,28 +19,41 @@ OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
-class AdmissionRequest(NamedTuple):
-    """One request, read once. Immutable; a NamedTuple because one is built per admission
-    and a frozen dataclass of 16 fields costs three times as much to build."""
+class AdmissionRequest:
+    """One request, read once, never changed. A plain class with its own ``__init__``, one
+    per admission: see verdict.Decision for why not a NamedTuple or a dataclass."""
 
-    uid: str
-    group: str
-    version: str
-    kind: str
-    resource: str
-    sub_resource: str
-    namespace: str
-    name: str
-    operation: str
-    username: str
-    groups: frozenset[str]
-    object: dict[str, Any] | None
-    old_object: dict[str, Any] | None
-    dry_run: bool
-    user_extra: Mapping[str, Any] = NO_EXTRA
-    # request.resource.group: what the request is FOR. Route by this, never by the kind:
-    # deployments/scale arrives as kind autoscaling/v1 Scale on resource apps/deployments.
-    resource_group: str = ""
+    __slots__ = ("dry_run", "group", "groups", "kind", "name", "namespace", "object",
+                 "old_object", "operation", "resource", "resource_group", "sub_resource",
+                 "uid", "user_extra", "username", "version")
+
+    def __init__(self, uid: str, group: str, version: str, kind: str, resource: str,
+                 sub_resource: str, namespace: str, name: str, operation: str, username: str,
+                 groups: frozenset[str], object: dict[str, Any] | None,
+                 old_object: dict[str, Any] | None, dry_run: bool,
+                 user_extra: Mapping[str, Any] = NO_EXTRA, resource_group: str = "") -> None:
+        self.uid = uid
+        self.group = group
+        self.version = version
+        self.kind = kind
+        self.resource = resource
+        self.sub_resource = sub_resource
+        self.namespace = namespace
+        self.name = name
+        self.operation = operation
+        self.username = username
+        self.groups = groups
+        self.object = object
+        self.old_object = old_object
+        self.dry_run = dry_run
+        self.user_extra = user_extra
+        # request.resource.group: what the request is FOR. Route by this, never by the
+        # kind: deployments/scale arrives as kind autoscaling/v1 Scale on apps/deployments.
+        self.resource_group = resource_group
+
+    def __repr__(self) -> str:
+        return (f"AdmissionRequest({self.operation} {self.resource} "
+                f"{self.namespace}/{self.name} by {self.username!r}, uid={self.uid!r})")
 
     @property
     def api_version(self) -> str:

@@ -130,8 +130,12 @@ class Snapshot:
 
     def is_autoscaled(self, namespace: str, name: str) -> bool:
         """Listed by the policy, or the target of an HPA: replicas leave the digest."""
-        listed = self.policy is not None and self.policy.is_autoscaled(namespace, name)
-        return listed or (namespace, name) in self.hpa_targets
+        if (namespace, name) in self.hpa_targets:
+            return True
+        # Most policies list none: then skip the scan, interpreted Python (pydantic).
+        policy = self.policy
+        return policy is not None and bool(policy.autoscaled) and policy.is_autoscaled(
+            namespace, name)
 
     def approvals_in(self, namespace: str) -> tuple[ApprovalObject, ...]:
         return self.approvals.get(namespace, ())
