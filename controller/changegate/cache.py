@@ -119,6 +119,9 @@ class KubeCache:
         return ("waiting for the first list of " + ", ".join(waiting)
                 + (f"; last error: {errors[0]}" if errors else ""))
 
+    def may_read_through(self, namespace: str) -> bool:
+        return not self._read_through.refuses(namespace)
+
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None:
         return await self._read_through(namespace, timeout)  # see changegate.readthrough
@@ -315,7 +318,6 @@ class StaticSource:
     (polled, like the TLS files), keeping the last good state if a new one does not load."""
 
     ready = True
-    reads_through = False  # the files are the whole truth: no second look
 
     def __init__(self, directory: str, process: ProcessConfig, *, poll_seconds: float = 2.0):
         self.directory = Path(directory)
@@ -347,9 +349,12 @@ class StaticSource:
     def not_ready_reason(self) -> str:
         return ""
 
+    def may_read_through(self, namespace: str) -> bool:
+        return False  # the files are the whole truth: no second look
+
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None:
-        return None  # the files are the whole truth
+        return None
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if a file changed (or always, with force: SIGHUP). True when reloaded."""

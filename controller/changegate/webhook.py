@@ -59,6 +59,9 @@ class StateSource(Protocol):
 
     def not_ready_reason(self) -> str: ...
 
+    def may_read_through(self, namespace: str) -> bool:
+        """False when read_through would surely give None now: skip it, and its timer."""
+
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None: ...
 
@@ -154,7 +157,7 @@ class Webhook:
             if (decision.code in READ_THROUGH_CODES
                     and (decision.outcome == "denied"
                          or (review.dry_run and decision.outcome == "warned"))
-                    and getattr(self.source, "reads_through", True)):
+                    and self.source.may_read_through(review.namespace)):
                 decision = await self._read_through(review, snap, now, decision,
                                                     loop.time(), deadline_at)
         except TimeoutError:

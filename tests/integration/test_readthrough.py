@@ -72,6 +72,27 @@ async def test_a_namespace_is_listed_at_most_once_per_interval():
     await rt.close()
 
 
+async def test_refuses_says_beforehand_what_a_call_would_do():
+    """The webhook skips the call when refuses() is True: it must never be True for a call
+    that would have listed, or a just-created approval would be missed."""
+    lister = Lister(delay=0.01)
+    rt = ReadThrough(lister, min_interval=0.3)
+    assert not rt.refuses("payments")  # never listed
+    pending = asyncio.ensure_future(rt("payments", 1.0))
+    await asyncio.sleep(0)  # the list is started, not yet sent
+    assert not rt.refuses("payments")
+    assert await rt("payments", 1.0) == (0,)  # it joined that list
+    assert await pending == (0,)
+    assert rt.refuses("payments")  # listed a moment ago
+    assert await rt("payments", 1.0) is None
+    assert not rt.refuses("shipping")
+    await asyncio.sleep(0.3)
+    assert not rt.refuses("payments")
+    assert await rt("payments", 1.0) == (0,)
+    assert lister.calls == 2
+    await rt.close()
+
+
 async def test_failures_and_timeouts_give_no_answer_and_the_next_request_works():
     lister = Lister()
     rt = ReadThrough(lister, min_interval=0)
@@ -90,8 +111,9 @@ async def test_no_new_wait_begins_while_the_queue_is_full(monkeypatch):
     monkeypatch.setattr(readthrough, "QUEUE", 5)
     lister = Lister(delay=0.2)
     rt = ReadThrough(lister, min_interval=0)
-    answers = await asyncio.gather(*(rt(f"ns-{i}", 1.0) for i in range(8)))
-    assert sum(a is None for a in answers) == 3
+    answers = await asyncio.gather(*(rt(f"ns-{i}", 1.0) for i in range(8)),
+                                   _refuses_when_full(rt))
+    assert sum(a is None for a in answers[:8]) == 3
     assert lister.calls == 5
     await rt.close()
 
@@ -109,3 +131,8 @@ async def test_close_cancels_what_is_running(queued):
     await rt.close()
     assert await waiter is None
     assert [await o for o in others] == [None] * len(others)
+
+
+async def _refuses_when_full(rt: ReadThrough) -> None:
+    await asyncio.sleep(0.05)  # five wait, the queue is full
+    assert rt.refuses("ns-new")

@@ -28,6 +28,7 @@ class Source:
         self.read_delay = 0.0
         self.fresh: tuple[ApprovalObject, ...] | None = None
         self.read_throughs: list[tuple[str, float]] = []
+        self.reads_through = True
 
     def snapshot(self) -> Snapshot:
         if self.fail:
@@ -36,6 +37,9 @@ class Source:
 
     def not_ready_reason(self) -> str:
         return "waiting for the first list of changeapprovals"
+
+    def may_read_through(self, namespace: str) -> bool:
+        return self.reads_through
 
     async def read_through(self, namespace: str, timeout: float):  # type: ignore[no-untyped-def]
         self.read_throughs.append((namespace, timeout))
@@ -121,6 +125,21 @@ async def test_a_read_through_finding_a_just_created_approval_admits_the_change(
     assert response["allowed"] is True, response
     assert source.read_throughs and source.read_throughs[0][0] == "payments"
     assert 0 < source.read_throughs[0][1] <= webhook_module.READ_THROUGH_SECONDS
+
+
+async def test_no_read_through_when_the_source_would_refuse_it():
+    """Listed a moment ago (a storm of denials): the denial stands, without the call."""
+    review = fixture("deployment-update")
+    from tests.support import approval_for
+
+    source = Source()
+    source.reads_through = False
+    source.fresh = (ApprovalObject.from_object(
+        sign(approval_for(review, issued=_now_minus_hour()), "bob", "carol")),)
+    response = await answer(source, review)
+    assert response["allowed"] is False
+    assert "reason: no_approval" in response["status"]["message"]
+    assert source.read_throughs == []
 
 
 @pytest.mark.parametrize("name", ["deployment-update-metadata-only", "deployment-rollout-restart"])
