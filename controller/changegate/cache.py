@@ -101,11 +101,16 @@ class KubeCache:
         extra = {"watch_seconds": watch_seconds} if watch_seconds else {}
         self.runners: list[FeedRunner] = [FeedRunner(f, on_synced=self._synced, **extra)
                                           for f in feeds]
+        self._ready = False
 
     # -- StateSource ----------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return all(r.listed for r in self.runners)
+        # Read on every request; a feed once listed stays listed (a relist serves the last
+        # state meanwhile), so once all are, that is remembered.
+        if not self._ready:
+            self._ready = all(r.listed for r in self.runners)
+        return self._ready
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
