@@ -82,15 +82,15 @@ class Webhook:
         self.read_throughs = 0
 
     # -- POST /validate -----------------------------------------------------------------
-    async def validate(self, request: web.BaseRequest) -> web.Response:
+    async def validate(self, request: web.BaseRequest, loop: asyncio.AbstractEventLoop
+                       ) -> web.Response:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         deadline_at = loop.time() + self.config.deadline_seconds
         limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
+        length = request.content_length  # a property that parses the header each time
+        if length is not None and length > limit:
             metrics.observe_bad_request(time.perf_counter() - started)
-            raise web.HTTPRequestEntityTooLarge(max_size=limit,
-                                                actual_size=request.content_length)
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
         if hdrs.EXPECT in request.headers:  # after the size check: no body to refuse later
             await _continue(request)
         try:
@@ -255,7 +255,7 @@ def make_server(webhook: Webhook) -> web.Server:
                                         " only\n")
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
-        return await webhook.validate(request)
+        return await webhook.validate(request, loop)
 
     return web.Server(route, request_factory=new_request, access_log=None, loop=loop)
 
