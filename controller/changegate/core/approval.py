@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from changegate.core.digest import ViewRules, digest
 from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
@@ -32,9 +32,25 @@ SPEC_FIELDS = ("cluster", "operation", "fromDigest", "toDigest", "changeRecord",
                "requestedBy", "issuedAt", "expiresAt", "rollout")
 
 
-class Problem(NamedTuple):
-    code: str
-    detail: str
+class Problem:
+    """One reason an approval does not admit a change: a stable code and a sentence. A
+    plain class: see verdict.Decision for why (several are built for each denial)."""
+
+    __slots__ = ("code", "detail")
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and (self.code, self.detail) == (
+            other.code, other.detail)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.detail))
+
+    def __repr__(self) -> str:
+        return f"Problem({self.code!r}, {self.detail!r})"
 
 
 @dataclass(frozen=True)
