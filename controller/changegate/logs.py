@@ -71,7 +71,7 @@ class _AuditLine:
 
     Each line is made into bytes at once (about 4 us). Making them at flush instead, a
     batch at a time, cost twice that: the record had to be copied without the request's
-    objects (NamedTuple._replace alone is 2 us) so that the buffer holds no object trees.
+    objects (2 us for that copy alone) so that the buffer holds no object trees.
     """
 
     FLUSH_SECONDS = 0.05

@@ -52,10 +52,10 @@ class ReadThrough:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def refuses(self, namespace: str) -> bool:
-        """True when a call now would give None at once (the rules below): the queue is
-        full, or the namespace was listed a moment ago and no list waits to go out. The
-        webhook asks first, so a storm of denials skips the call, its coroutines and its
-        deadline timer (~10 us a request)."""
+        """True when a call now gives None at once: the queue is full, or the namespace was
+        listed a moment ago and no list waits to go out. The call itself decides by this
+        too; the webhook asks first, so a storm of denials skips the call, its coroutines
+        and its deadline timer (~10 us a request)."""
         if self.waiting >= QUEUE:
             return True
         state = self._namespaces.get(namespace)
@@ -64,7 +64,7 @@ class ReadThrough:
         return asyncio.get_running_loop().time() - state.last_sent < self.min_interval
 
     async def __call__(self, namespace: str, timeout: float) -> Approvals | None:
-        if self.waiting >= QUEUE:
+        if self.refuses(namespace):
             return None
         loop = asyncio.get_running_loop()
         state = self._namespaces.get(namespace)
@@ -73,8 +73,6 @@ class ReadThrough:
             state = self._namespaces[namespace] = _Namespace()
         if state.running is not None and not state.sent:
             future = state.running  # not asked yet: its answer is as fresh as we need
-        elif loop.time() - state.last_sent < self.min_interval:
-            return None  # listed a moment ago
         elif state.running is None:
             state.running, state.sent = loop.create_future(), False
             self._start(namespace, state, state.running)
