@@ -8,39 +8,57 @@ if TYPE_CHECKING:
     from changegate.core.review import AdmissionRequest
     from changegate.core.verdict import Verdict
 
-# Templates, formatted only for the code asked for (this runs on every denial).
-STEPS: dict[str, str] = {
-    "no_approval": "changegate request -f <manifest> -n {ns} --record <CHANGE-ID>, then two "
-                   "approvers run: changegate approve --record <CHANGE-ID> -n {ns}",
-    "approvals_insufficient": "ask another approver: changegate approve {approval} -n {ns} "
-                              "(distinct trusted approvers, not the requester or applier)",
-    "self_approval": "ask approvers other than yourself: changegate approve {approval} -n {ns}",
-    "approver_duplicate": "ask a second, different approver: changegate approve {approval} "
-                          "-n {ns}",
-    "applier_approval": "let someone who did not approve apply it: changegate apply "
-                        "{approval} -n {ns}",
-    "digest_mismatch": "apply exactly what was approved (changegate apply {approval} -n {ns}) "
-                       "or request a new approval for this change",
-    "expired": "request a new approval: changegate request -f <manifest> -n {ns} "
-               "--record {record}",
-    "approval_used": "each approval is used once; request a new one under {record}",
-    "record_incomplete": "see what is missing: changegate list -n {ns} --record {record}",
-    "canary_required": "changegate request -f <manifest> -n {ns} --record <CHANGE-ID> --canary",
-    "scale_down": "change spec.replicas through an approval (changegate request) or, in an "
-                  "incident: changegate break-glass --reason ... scale {kind}/{name}",
-    "restart_unapproved": "changegate request --restart {kind}/{name} -n {ns} --record "
-                          "<CHANGE-ID>, then changegate apply",
-    "signature_invalid": "a signature does not verify: alert security, then request anew",
-    "key_untrusted": "the signer's key is not in the trust store: ask a policy admin",
-    "config_invalid": "a policy admin must fix the changegate trust store or policy",
-    "namespace_guard": "only policyAdminGroups may loosen a tier-1 namespace",
-    "change_record_invalid": "use a change record id like CHG-1234 (changeRecordPattern)",
-}
-
 
 def next_step(code: str, req: AdmissionRequest, v: Verdict) -> str:
-    template = STEPS.get(code)
-    if template is None:
-        template = "changegate status {approval} -n {ns}" if v.approval else ""
-    return template.format(ns=req.namespace, name=req.name, approval=v.approval,
-                           record=v.record or "<CHANGE-ID>", kind=(v.kind or req.kind).lower())
+    # f-strings, not str.format templates: this runs on every denial, and format() with
+    # keywords cost ~1 us against ~0.1 us (mypyc builds an f-string in place).
+    ns, approval = req.namespace, v.approval
+    record = v.record or "<CHANGE-ID>"
+    match code:
+        case "no_approval":
+            return (f"changegate request -f <manifest> -n {ns} --record <CHANGE-ID>, then two "
+                    f"approvers run: changegate approve --record <CHANGE-ID> -n {ns}")
+        case "approvals_insufficient":
+            return (f"ask another approver: changegate approve {approval} -n {ns} "
+                    "(distinct trusted approvers, not the requester or applier)")
+        case "self_approval":
+            return f"ask approvers other than yourself: changegate approve {approval} -n {ns}"
+        case "approver_duplicate":
+            return f"ask a second, different approver: changegate approve {approval} -n {ns}"
+        case "applier_approval":
+            return (f"let someone who did not approve apply it: changegate apply {approval} "
+                    f"-n {ns}")
+        case "digest_mismatch":
+            return (f"apply exactly what was approved (changegate apply {approval} -n {ns}) "
+                    "or request a new approval for this change")
+        case "expired":
+            return (f"request a new approval: changegate request -f <manifest> -n {ns} "
+                    f"--record {record}")
+        case "approval_used":
+            return f"each approval is used once; request a new one under {record}"
+        case "record_incomplete":
+            return f"see what is missing: changegate list -n {ns} --record {record}"
+        case "canary_required":
+            return f"changegate request -f <manifest> -n {ns} --record <CHANGE-ID> --canary"
+        case "scale_down":
+            return ("change spec.replicas through an approval (changegate request) or, in an "
+                    f"incident: changegate break-glass --reason ... scale {_kind(req, v)}/"
+                    f"{req.name}")
+        case "restart_unapproved":
+            return (f"changegate request --restart {_kind(req, v)}/{req.name} -n {ns} --record "
+                    "<CHANGE-ID>, then changegate apply")
+        case "signature_invalid":
+            return "a signature does not verify: alert security, then request anew"
+        case "key_untrusted":
+            return "the signer's key is not in the trust store: ask a policy admin"
+        case "config_invalid":
+            return "a policy admin must fix the changegate trust store or policy"
+        case "namespace_guard":
+            return "only policyAdminGroups may loosen a tier-1 namespace"
+        case "change_record_invalid":
+            return "use a change record id like CHG-1234 (changeRecordPattern)"
+    return f"changegate status {approval} -n {ns}" if approval else ""
+
+
+def _kind(req: AdmissionRequest, v: Verdict) -> str:
+    return (v.kind or req.kind).lower()
