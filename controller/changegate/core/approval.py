@@ -335,13 +335,18 @@ def manifest_digest(spec: Mapping[str, Any], rules: ViewRules, autoscaled: bool)
 
 def best(fits: Iterable[Fit]) -> Fit | None:
     """The approval closest to admitting the change, to explain a denial."""
-    ranked = sorted(fits, key=lambda f: (
-        not f.ok,
-        any(q.code in ("target_mismatch", "operation_mismatch") for q in f.problems),
-        any(q.code == "digest_mismatch" for q in f.problems),
-        -len(f.approvers),
-        len(f.problems)))
-    return ranked[0] if ranked else None
+    candidates = list(fits)
+    if len(candidates) <= 1:  # the usual case, on every such denial: nothing to rank
+        return candidates[0] if candidates else None
+    return min(candidates, key=_closeness)  # the first of the closest, as a stable sort
+
+
+def _closeness(f: Fit) -> tuple[bool, bool, bool, int, int]:
+    return (not f.ok,
+            any(q.code in ("target_mismatch", "operation_mismatch") for q in f.problems),
+            any(q.code == "digest_mismatch" for q in f.problems),
+            -len(f.approvers),
+            len(f.problems))
 
 
 __all__ = ["Change", "ChangeGateError", "Fit", "Problem", "VerificationMemo",
