@@ -394,6 +394,9 @@ def compile_core(target: Path) -> None:
     """The package as the image has it: the core compiled with mypyc (setup.py)."""
     print("compiling the core with mypyc (as the container image does; --pure skips) ...",
           flush=True)
+    # Before too: setuptools copies whatever build/lib holds (a module compiled by hand
+    # earlier, say) and skips compiling C that mypyc left unchanged.
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "--target", str(target), str(REPO)],
