@@ -13,7 +13,11 @@ the default log level (one audit line per decision). In interleaved rounds (A B 
 ...) it measures max req/s with p50/p99 (wrk, keep-alive, TLS, fixture reviews
 round-robin), and reports each server's median req/s and the median over rounds of its
 ratio to the baseline's req/s in the same round: the machine's speed drifts too much for
-one run after another to compare. Then p50/p99/max at a fixed 500 req/s (open-loop aiohttp
+one run after another to compare. Then, as a check on that, the same ratio "at once":
+each server side by side with the baseline at the same moment, both on the server core,
+each saturated by its own wrk; the ratio of their CPU per request is the ratio of what
+one core would serve, and it does not drift with the machine, since both see the same
+moment. Then p50/p99/max at a fixed 500 req/s (open-loop aiohttp
 client: latency counted from the scheduled send time, so a stall is not hidden), the
 server's CPU per request, and its RSS.
 Needs `wrk` (Debian: apt-get install wrk) and `taskset` (util-linux).
@@ -168,15 +172,21 @@ def many_approvals(count: int, state: Path) -> list[dict[str, Any]]:
 
 
 # -- load clients ---------------------------------------------------------------------------
-def run_wrk(url: str, bodies: list[Path], *, duration: int, connections: int, core: str,
-            workdir: Path) -> dict[str, float]:
+def start_wrk(url: str, bodies: list[Path], *, duration: int, connections: int, core: str,
+              workdir: Path) -> subprocess.Popen[str]:
     script = workdir / "bodies.lua"
     script.write_text(WRK_LUA)
-    proc = subprocess.run(
+    return subprocess.Popen(
         ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
          "-s", str(script), url, "--", *map(str, bodies)],
-        capture_output=True, text=True, check=True)
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("WRK "))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wrk_result(proc: subprocess.Popen[str]) -> dict[str, float]:
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
     data = json.loads(line[4:])
     return {"rps": data["requests"] / (data["duration_us"] / 1e6),
             "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
@@ -334,11 +344,14 @@ class Server:
         wait_ready(self.metrics_port, self.proc)
         self.rss_start = rss_mib(self.proc.pid)
 
-    def wrk(self, seconds: int, workdir: Path, *, count: bool = True) -> dict[str, float]:
-        before = cpu_seconds(self.proc.pid)
-        result = run_wrk(self.url, self.common["bodies"], duration=seconds,
+    def start_wrk(self, seconds: int, workdir: Path) -> subprocess.Popen[str]:
+        return start_wrk(self.url, self.common["bodies"], duration=seconds,
                          connections=self.opts.connections,
                          core=self.opts.cores.split(",")[1], workdir=workdir)
+
+    def wrk(self, seconds: int, workdir: Path, *, count: bool = True) -> dict[str, float]:
+        before = cpu_seconds(self.proc.pid)
+        result = wrk_result(self.start_wrk(seconds, workdir))
         if count:
             # Server CPU per request: what the server itself spends, whatever else shares
             # the machine (req/s depends on that; this does much less).
@@ -382,12 +395,33 @@ def measure(servers: list[Server], opts: argparse.Namespace, workdir: Path
             "errors": sum(r["errors"] for r in server.rounds),
             "cpu_us": server.cpu * 1e6 / max(1, server.requests),
             "rss_start_mib": server.rss_start}
+    for server in servers[1:]:
+        at_once = [ratio_at_once(base, server, opts.duration, workdir)
+                   for _ in range(opts.rounds)]
+        results[server.label].update(ratio_at_once=median(at_once),
+                                     ratio_at_once_min=min(at_once),
+                                     ratio_at_once_max=max(at_once))
     for server in servers:
         fixed = run_fixed_rate(server.url, server.common["bodies"], server.common["ca"],
                                rate=opts.rate, duration=opts.fixed_seconds,
                                core=opts.cores.split(",")[1])
         results[server.label].update(fixed=fixed, rss_end_mib=rss_mib(server.proc.pid))
     return results
+
+
+def ratio_at_once(base: Server, server: Server, seconds: int, workdir: Path) -> float:
+    """The baseline and one server side by side at the same moment: both on the server
+    core, each saturated by its own wrk. Each gets a share of the core, so req/s says
+    little; what one core would give is 1 / (CPU per request), and the ratio of those is
+    the throughput ratio. Both pay for whatever else the machine runs at that moment, so
+    this ratio holds still where the interleaved one swings (0.4-0.8 between rounds on a
+    busy host)."""
+    cpu = [cpu_seconds(s.proc.pid) for s in (base, server)]
+    procs = [s.start_wrk(seconds, workdir) for s in (base, server)]
+    done = [wrk_result(p) for p in procs]
+    used = [cpu_seconds(s.proc.pid) - c for s, c in zip((base, server), cpu, strict=True)]
+    per_request = [u / (d["rps"] * seconds) for u, d in zip(used, done, strict=True)]
+    return per_request[0] / per_request[1]
 
 
 def compile_core(target: Path) -> None:
@@ -474,18 +508,25 @@ def report(results: dict[str, Any], opts: argparse.Namespace, *, compiled: bool)
           f"core {opts.cores.split(',')[1]}; serve's core "
           + ("compiled with mypyc, as in the image" if compiled else "plain Python (--pure)"))
     header = (f"{'server':32} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
-              f"{'(min-max)':>11} {'CPU us/req':>10} | {'@' + str(opts.rate) + '/s p50':>10} "
+              f"{'(min-max)':>11} {'at once':>7} {'(min-max)':>11} {'CPU us/req':>10} | "
+              f"{'@' + str(opts.rate) + '/s p50':>10} "
               f"{'p99':>6} {'max':>6} | {'RSS MiB':>8}")
     print(header)
     print("-" * len(header))
     for label, r in results.items():
         f = r["fixed"]
         spread = f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}"
+        once = r.get("ratio_at_once", 1.0)
+        once_spread = f"{r.get('ratio_at_once_min', 1):.2f}-{r.get('ratio_at_once_max', 1):.2f}"
         print(f"{label:32} {r['rps']:7.0f} {r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
-              f"{r['ratio']:6.2f} {spread:>11} {r['cpu_us']:10.0f} | {f['p50_ms']:10.2f} "
+              f"{r['ratio']:6.2f} {spread:>11} {once:7.2f} {once_spread:>11} "
+              f"{r['cpu_us']:10.0f} | {f['p50_ms']:10.2f} "
               f"{f['p99_ms']:6.2f} {f['max_ms']:6.1f} | {r['rss_end_mib']:8.1f}"
               + (f"  errors={r['errors'] + f['errors']}" if r["errors"] + f["errors"] else ""))
     print("\nratio: the median over rounds of req/s divided by allow-all's in the same round")
+    print("at once: the median over rounds of allow-all's CPU per request divided by the "
+          "server's,\n  both loaded at the same time on the server core (one core's "
+          "throughput ratio, drift-free)")
     print("targets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, >= 0.5 of allow-all, "
           "RSS <= 200 MiB with 10,000 approvals")
     print("JSON " + json.dumps(results))
