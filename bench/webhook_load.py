@@ -242,7 +242,10 @@ def fixed_rate_client(args: argparse.Namespace) -> None:
                     one(bodies[i % len(bodies)], scheduled, i >= args.rate)))
             await asyncio.gather(*tasks)
         latencies.sort()
-        pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+
+        def pick(q: float) -> float:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+
         print("RATE " + json.dumps({"p50_ms": pick(0.5) * 1000, "p99_ms": pick(0.99) * 1000,
                                     "max_ms": latencies[-1] * 1000, "errors": errors,
                                     "n": len(latencies)}), flush=True)
