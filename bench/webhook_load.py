@@ -399,8 +399,11 @@ def measure(servers: list[Server], opts: argparse.Namespace, workdir: Path
             "cpu_us": server.cpu * 1e6 / max(1, server.requests),
             "rss_start_mib": server.rss_start}
     for server in servers[1:]:
-        at_once = [ratio_at_once(base, server, opts.duration, workdir)
-                   for _ in range(opts.rounds)]
+        at_once = []
+        for _ in range(opts.rounds):
+            ratio, errors = ratio_at_once(base, server, opts.duration, workdir)
+            at_once.append(ratio)
+            results[server.label]["errors"] += errors  # an error is an error, whenever
         results[server.label].update(ratio_at_once=median(at_once),
                                      ratio_at_once_min=min(at_once),
                                      ratio_at_once_max=max(at_once))
@@ -412,7 +415,8 @@ def measure(servers: list[Server], opts: argparse.Namespace, workdir: Path
     return results
 
 
-def ratio_at_once(base: Server, server: Server, seconds: int, workdir: Path) -> float:
+def ratio_at_once(base: Server, server: Server, seconds: int, workdir: Path
+                  ) -> tuple[float, int]:
     """The baseline and one server side by side at the same moment: both on the server
     core, each saturated by its own wrk. Each gets a share of the core, so req/s says
     little; what one core would give is 1 / (CPU per request), and the ratio of those is
@@ -424,7 +428,7 @@ def ratio_at_once(base: Server, server: Server, seconds: int, workdir: Path) -> 
     done = [wrk_result(p) for p in procs]
     used = [cpu_seconds(s.proc.pid) - c for s, c in zip((base, server), cpu, strict=True)]
     per_request = [u / (d["rps"] * seconds) for u, d in zip(used, done, strict=True)]
-    return per_request[0] / per_request[1]
+    return per_request[0] / per_request[1], int(done[1]["errors"])
 
 
 def compile_core(target: Path) -> None:
