@@ -3,19 +3,17 @@
 # `changegate operator`; the Helm chart passes the subcommand as args.
 
 # --- builder: the project and every dependency as wheels ---------------------------------
-# The full python image, for its C compiler: the decision core is compiled with mypyc
-# (setup.py, CHANGEGATE_COMPILE=1), ~1.5x faster per decision. Every dependency publishes
-# manylinux wheels for amd64 and arm64; the final image gets only the wheels, never the
-# compiler. Same Python and Debian release as the final stage, so the wheel fits it.
+# Plain Python, no compiler needed: every dependency publishes manylinux wheels for amd64
+# and arm64, and the final image gets only the wheels. Same Python and Debian release as
+# the final stage, so the wheels fit it.
 FROM python:3.11-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 # pyproject.toml names README.md as the package's readme, so the build needs it.
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY controller ./controller
-RUN pip install "mypy==2.4.1" "setuptools==84.2.1" \
- && CHANGEGATE_COMPILE=1 pip wheel --no-build-isolation --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels .
 
 # --- final: the wheels on a clean slim image, no build tools -------------------------------
 FROM python:3.11-slim-bookworm

@@ -17,12 +17,12 @@ from changegate.core.review import parse_review
 from changegate.files import build_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # CI clones main with shared/ beside it
-    FIXTURES = REPO / ".." / "shared" / "fixtures"
+# AdmissionReviews as kube-apiserver sends them (tests/fixtures/README.md), and beside them in
+# captured/ what the real API server sent for each case (tests/e2e/test_capture_admission.py).
+FIXTURES = REPO / "tests" / "fixtures"
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
-# ../shared/fixtures/README.md: allowed without an approval, under the default policy
+# tests/fixtures/README.md: allowed without an approval, under the default policy
 # (no break-glass group, CREATE gated).
 FIXTURE_VERDICTS = {
     "deployment-update": False,

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 
 from changegate.cli.main import main
-from changegate.client.smp import with_last_applied
+from changegate.workflow.smp import with_last_applied
 from tests.cli.fakeapi import FakeKube
 from tests.support import key, trust_yaml
 

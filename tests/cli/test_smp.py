@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 
-from changegate.client.smp import LAST_APPLIED, client_side_apply_patch, last_applied
+from changegate.workflow.smp import LAST_APPLIED, client_side_apply_patch, last_applied
 from tests.cli.conftest import DEPLOYMENT
 from tests.cli.fakeapi import strategic_merge
 

@@ -18,14 +18,13 @@ from .shape import report
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-# Same place tests/support.py reads them from: the team's shared directory next to the repo.
-DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures"
+DEFAULT_FIXTURES = REPO / "tests" / "fixtures"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.e2e.compare_fixtures")
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
-    parser.add_argument("--captured", type=Path, default=HERE / "testdata" / "captured")
+    parser.add_argument("--captured", type=Path, default=DEFAULT_FIXTURES / "captured")
     parser.add_argument("--values", action="store_true", help="also list differing values")
     args = parser.parse_args(argv)
 

@@ -2,7 +2,7 @@
 fixtures: the same stories played with real kubectl as the users the fixtures name, recorded
 by an allow-all webhook registered through a real ValidatingWebhookConfiguration.
 
-CHANGEGATE_RECAPTURE=1 rewrites tests/e2e/testdata/captured/*.json; otherwise the fresh
+CHANGEGATE_RECAPTURE=1 rewrites tests/fixtures/captured/*.json; otherwise the fresh
 captures must have the same shape as the committed ones (a newer API server that changes what
 webhooks see fails here first). `python -m tests.e2e.compare_fixtures` lists how the shared
 fixtures differ from the captures.
@@ -30,7 +30,7 @@ from tests.cluster import (
 from .recorder import Recorder
 from .shape import report
 
-CAPTURED = Path(__file__).resolve().parent / "testdata" / "captured"
+CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "captured"
 NS = "payments"
 ROOT_CA_PUBLISHER = "system:serviceaccount:kube-system:root-ca-cert-publisher"
 BREAK_GLASS = "INC-5521 rollback: checkout 5xx at 40%"

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp.test_utils import BaseTestServer
 from aiohttp.web import ServerRunner
 
-from changegate.webhook import Webhook, make_server
+from changegate.webhook.app import Webhook, make_server
 
 
 class HookServer(BaseTestServer):

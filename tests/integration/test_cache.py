@@ -12,14 +12,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 from kubernetes.aio import client as kclient
 
-from changegate import feeds, readthrough
-from changegate.cache import KubeCache
-from changegate.compact import compact_approval
 from changegate.config import ServeConfig
 from changegate.core.approval import manifest_digest
 from changegate.core.policy import load_policy
 from changegate.core.snapshot import ProcessConfig
-from changegate.webhook import Webhook
+from changegate.webhook import readthrough
+from changegate.webhook import watch as feeds
+from changegate.webhook.app import Webhook
+from changegate.webhook.cache import KubeCache
+from changegate.webhook.compact import compact_approval
 from tests.integration.fakeapi import FakeAPI, configmap, namespace
 from tests.integration.hookserver import HookServer
 from tests.support import approval_for, fixture, key, sign, trust_yaml

@@ -6,7 +6,7 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from changegate import metrics
+from changegate.webhook import metrics
 from tests.integration.conftest import fixture_names, write_state
 from tests.integration.test_webhook_approval import BOB, CAROL, approval, trust
 from tests.support import fixture

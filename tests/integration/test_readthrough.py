@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from changegate import readthrough
-from changegate.readthrough import ReadThrough
+from changegate.webhook import readthrough
+from changegate.webhook.readthrough import ReadThrough
 
 
 class Lister:

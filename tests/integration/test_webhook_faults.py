@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from changegate import webhook as webhook_module
 from changegate.config import ServeConfig
 from changegate.core.snapshot import ApprovalObject, Snapshot
-from changegate.webhook import Webhook, make_metrics_app
+from changegate.webhook import app as webhook_module
+from changegate.webhook.app import Webhook, make_metrics_app
 from tests.integration.hookserver import HookServer
 from tests.support import fixture, sign, snapshot
 

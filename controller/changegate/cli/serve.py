@@ -18,7 +18,7 @@ import click
 
 from changegate import logs
 from changegate.config import load_config
-from changegate.tls import POLL_SECONDS, ReloadingCertificate
+from changegate.webhook.tls import POLL_SECONDS, ReloadingCertificate
 
 log = logging.getLogger("changegate.serve")
 
@@ -89,7 +89,7 @@ def serve(tls_cert: str, tls_key: str, port: int, metrics_port: int, address: st
     certificate = ReloadingCertificate(tls_cert, tls_key, poll_seconds=tls_poll_seconds)
     static = None
     if static_dir is not None:
-        from changegate.cache import StaticSource
+        from changegate.webhook.cache import StaticSource
 
         # A directory that does not load stops us here, before anything listens.
         static = StaticSource(static_dir, config.process, poll_seconds=static_poll_seconds)
@@ -114,7 +114,7 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
                  context: str | None) -> None:
     from aiohttp import web
 
-    from changegate.webhook import Webhook, make_metrics_app, make_server
+    from changegate.webhook.app import Webhook, make_metrics_app, make_server
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -129,7 +129,7 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
         loop.add_signal_handler(signal.SIGHUP, lambda: static.check(force=True))
     else:
         from changegate import kube
-        from changegate.cache import KubeCache
+        from changegate.webhook.cache import KubeCache
 
         cache = KubeCache(await kube.async_client(kubeconfig, context), config.process)
         source = cache

@@ -14,7 +14,9 @@ import click
 from changegate.cli.workflow_approve import approve
 from changegate.cli.workflow_common import Session, kube_options
 from changegate.cli.workflow_view import list_, preflight, status
-from changegate.client.approvals import (
+from changegate.core.errors import ChangeGateError
+from changegate.core.policy import parse_duration
+from changegate.workflow.approvals import (
     check_produces,
     get_approval,
     live_state,
@@ -22,7 +24,7 @@ from changegate.client.approvals import (
     standing,
     statement_of,
 )
-from changegate.client.request import (
+from changegate.workflow.request import (
     create_approvals,
     place,
     plan_changes,
@@ -30,17 +32,15 @@ from changegate.client.request import (
     plan_restart,
     read_documents,
 )
-from changegate.client.show import table
-from changegate.client.site import load_trust
-from changegate.client.writes import (
+from changegate.workflow.show import table
+from changegate.workflow.site import load_trust
+from changegate.workflow.writes import (
     AS_RETURNED,
     CLIENT_SIDE,
     RESTART,
     SERVER_SIDE,
     denials,
 )
-from changegate.core.errors import ChangeGateError
-from changegate.core.policy import parse_duration
 
 __all__ = ["apply_", "approve", "list_", "preflight", "request", "status"]
 

@@ -20,17 +20,6 @@ from changegate.cli.workflow_common import (
     kube_options,
     load_signing_key,
 )
-from changegate.client.approvals import (
-    append_signature,
-    check_produces,
-    get_approval,
-    list_approvals,
-    live_state,
-    statement_of,
-)
-from changegate.client.show import describe_statement, unified_diff
-from changegate.client.site import load_trust
-from changegate.client.writes import meta
 from changegate.core.approval import manifest_digest
 from changegate.core.compose import statement_bytes
 from changegate.core.digest import DEFAULT_RULES
@@ -40,6 +29,17 @@ from changegate.core.policy import load_policy
 from changegate.core.statement import Statement
 from changegate.core.trust import TrustStore
 from changegate.files import load_documents, read_text
+from changegate.workflow.approvals import (
+    append_signature,
+    check_produces,
+    get_approval,
+    list_approvals,
+    live_state,
+    statement_of,
+)
+from changegate.workflow.show import describe_statement, unified_diff
+from changegate.workflow.site import load_trust
+from changegate.workflow.writes import meta
 
 
 @dataclass

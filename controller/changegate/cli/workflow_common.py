@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 
 import click
 
-from changegate.client.api import Api
-from changegate.client.site import DEFAULT_CONTROLLER_NAMESPACE, Site, load_site
 from changegate.core.dsse import PrivateKey, is_encrypted, load_private_key
 from changegate.core.errors import ChangeGateError, KeyFileError
 from changegate.kube import default_namespace
+from changegate.workflow.api import Api
+from changegate.workflow.site import DEFAULT_CONTROLLER_NAMESPACE, Site, load_site
 
 PASSPHRASE_ENV = "CHANGEGATE_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 F = TypeVar("F", bound=Callable[..., Any])

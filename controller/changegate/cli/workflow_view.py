@@ -10,8 +10,11 @@ import click
 import yaml
 
 from changegate.cli.workflow_common import Session, kube_options
-from changegate.client.api import ApiError, object_path
-from changegate.client.approvals import (
+from changegate.core.digest import digest
+from changegate.core.errors import ChangeGateError
+from changegate.core.statement import PLURALS, parse_time
+from changegate.workflow.api import ApiError, object_path
+from changegate.workflow.approvals import (
     TERMINAL,
     check_produces,
     get_approval,
@@ -21,10 +24,10 @@ from changegate.client.approvals import (
     standing,
     statement_of,
 )
-from changegate.client.request import place, read_documents
-from changegate.client.show import age, expires, table
-from changegate.client.site import load_trust
-from changegate.client.writes import (
+from changegate.workflow.request import place, read_documents
+from changegate.workflow.show import age, expires, table
+from changegate.workflow.site import load_trust
+from changegate.workflow.writes import (
     CLIENT_SIDE,
     SERVER_SIDE,
     config_write,
@@ -33,9 +36,6 @@ from changegate.client.writes import (
     identity,
     meta,
 )
-from changegate.core.digest import digest
-from changegate.core.errors import ChangeGateError
-from changegate.core.statement import PLURALS, parse_time
 
 OUTPUT = click.Choice(["table", "json", "yaml"])
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from changegate.core.errors import ChangeGateError
 
-log = logging.getLogger("changegate.tls")
+log = logging.getLogger("changegate.webhook.tls")
 
 # cert-manager renews 30 days ahead (chart: renewBefore 720h), so any poll interval works;
 # 5 s keeps a manual rotation quick to observe and costs two stat() calls.

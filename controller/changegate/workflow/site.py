@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from changegate.client.api import Api, ApiError, configmap_path
 from changegate.core.digest import DEFAULT_RULES, ViewRules
 from changegate.core.errors import ChangeGateError
 from changegate.core.policy import (
@@ -22,6 +21,7 @@ from changegate.core.policy import (
 )
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY
 from changegate.core.trust import TrustStore, load_trust_store
+from changegate.workflow.api import Api, ApiError, configmap_path
 
 DEFAULT_CONTROLLER_NAMESPACE = "changegate"
 INFO, POLICY, TRUST = "changegate-info", "changegate-policy", "changegate-trust"

@@ -21,7 +21,7 @@ import orjson
 from kubernetes.aio.client.exceptions import ApiException
 from kubernetes.aio.watch import Watch
 
-log = logging.getLogger("changegate.cache")
+log = logging.getLogger("changegate.webhook.cache")
 
 PAGE = 500  # items per list page: bounded memory per response, few round trips
 LIST_TIMEOUT = 60.0

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from changegate.core.snapshot import ApprovalObject
 
-log = logging.getLogger("changegate.cache")
+log = logging.getLogger("changegate.webhook.cache")
 
 Approvals = tuple[ApprovalObject, ...]
 QUEUE = 64  # requests waiting for a read-through, over all namespaces

@@ -13,9 +13,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from changegate.client.api import Api, ApiError, approvals_path, object_path
-from changegate.client.site import Site
-from changegate.client.writes import (
+from changegate.core.compose import approval_name, change_approval, manifest_for
+from changegate.core.digest import ABSENT, digest
+from changegate.core.errors import ChangeGateError
+from changegate.core.statement import PLURALS, format_time
+from changegate.files import load_documents
+from changegate.workflow.api import Api, ApiError, approvals_path, object_path
+from changegate.workflow.site import Site
+from changegate.workflow.writes import (
     AS_RETURNED,
     RESTART,
     SERVER_SIDE,
@@ -25,11 +30,6 @@ from changegate.client.writes import (
     meta,
     restart_write,
 )
-from changegate.core.compose import approval_name, change_approval, manifest_for
-from changegate.core.digest import ABSENT, digest
-from changegate.core.errors import ChangeGateError
-from changegate.core.statement import PLURALS, format_time
-from changegate.files import load_documents
 
 RECORD_LABEL = "changegate.io/record"
 WRITE_ANNOTATION = "changegate.io/write"

@@ -12,16 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from changegate.client.api import JSON_PATCH, Api, ApiError, approvals_path, object_path
-from changegate.client.site import Site
-from changegate.client.writes import (
-    CLIENT_SIDE,
-    Write,
-    delete_write,
-    dry_run,
-    manifest_write,
-    meta,
-)
 from changegate.core.approval import (
     decode_statement,
     manifest_digest,
@@ -32,6 +22,16 @@ from changegate.core.digest import digest
 from changegate.core.errors import ChangeGateError
 from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import TrustStore
+from changegate.workflow.api import JSON_PATCH, Api, ApiError, approvals_path, object_path
+from changegate.workflow.site import Site
+from changegate.workflow.writes import (
+    CLIENT_SIDE,
+    Write,
+    delete_write,
+    dry_run,
+    manifest_write,
+    meta,
+)
 
 WRITE_ANNOTATION = "changegate.io/write"
 CONFLICT_RETRIES = 8  # two approvers at once need one retry; eight covers a crowd

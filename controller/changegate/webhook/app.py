@@ -28,13 +28,14 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import hdrs, web
 
-from changegate import logs, metrics
+from changegate import logs
 from changegate.config import ServeConfig
 from changegate.core.decision import Context, decide
 from changegate.core.errors import ReviewError
 from changegate.core.review import AdmissionRequest, build_response, parse_review
 from changegate.core.snapshot import ApprovalObject, Snapshot
 from changegate.core.verdict import Decision, Verdict
+from changegate.webhook import metrics
 
 log = logging.getLogger("changegate.webhook")
 

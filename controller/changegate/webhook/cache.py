@@ -5,7 +5,7 @@ Each watch event swaps in a new Snapshot; a request never waits for the cache, i
 on the snapshot it finds. Cost with 10,000 ChangeApprovals: an event rebuilds only its
 namespace's tuple and copies the outer namespace->tuple dict (one entry per namespace);
 every other tuple, the namespaces mapping, and the parsed trust store and policy are
-shared with the previous Snapshot. Approvals are kept compact (changegate.compact): most of
+shared with the previous Snapshot. Approvals are kept compact (changegate.webhook.compact): most of
 an approval's memory is its manifest.
 """
 
@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from changegate import metrics
-from changegate.compact import compact_approval
 from changegate.core.errors import ChangeGateError, PolicyError, TrustStoreError
 from changegate.core.policy import Policy, load_policy
 from changegate.core.snapshot import (
@@ -34,14 +32,16 @@ from changegate.core.snapshot import (
 from changegate.core.trust import TrustStore, load_trust_store
 from changegate.files import snapshot_from_dir
 from changegate.kube import GROUP, PLURAL, VERSION
-from changegate.readthrough import ReadThrough
+from changegate.webhook import metrics
+from changegate.webhook.compact import compact_approval
+from changegate.webhook.readthrough import ReadThrough
 
 if TYPE_CHECKING:  # feeds imports kubernetes.aio (~13 MiB): not for serve --static
-    from changegate.feeds import FeedRunner
+    from changegate.webhook.watch import FeedRunner
 
-log = logging.getLogger("changegate.cache")
+log = logging.getLogger("changegate.webhook.cache")
 
-# Read-throughs (changegate.readthrough) listing at the same time, over all namespaces.
+# Read-throughs (changegate.webhook.readthrough) listing at the same time, over all namespaces.
 READ_THROUGH_PARALLEL = 2
 
 
@@ -58,7 +58,7 @@ class KubeCache:
                  watch_seconds: tuple[int, int] | None = None) -> None:
         from kubernetes.aio import client
 
-        from changegate.feeds import Feed, FeedRunner
+        from changegate.webhook.watch import Feed, FeedRunner
 
         self.api_client = api_client
         self.process = process
@@ -129,11 +129,11 @@ class KubeCache:
 
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None:
-        return await self._read_through(namespace, timeout)  # see changegate.readthrough
+        return await self._read_through(namespace, timeout)  # see changegate.webhook.readthrough
 
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
-        from changegate.feeds import FeedError, _message, _raw
+        from changegate.webhook.watch import FeedError, _message, _raw
 
         raw = _raw(self.custom.list_namespaced_custom_object)
         async with self._read_slots:

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from changegate.client.api import (
+from changegate.core.errors import ChangeGateError
+from changegate.workflow.api import (
     APPLY_PATCH,
     JSON,
     STRATEGIC_MERGE_PATCH,
@@ -21,8 +22,7 @@ from changegate.client.api import (
     Response,
     object_path,
 )
-from changegate.client.smp import LAST_APPLIED, client_side_apply_patch, with_last_applied
-from changegate.core.errors import ChangeGateError
+from changegate.workflow.smp import LAST_APPLIED, client_side_apply_patch, with_last_applied
 
 # Stamped by the API server on every write; never sent back.
 SERVER_FIELDS = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid",
