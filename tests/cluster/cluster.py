@@ -1,5 +1,6 @@
-"""A real Kubernetes control plane for tests: etcd + kube-apiserver (+ kube-controller-manager)
-on 127.0.0.1, built from pinned Go modules by build.sh. envtest's approach, in Python.
+"""A real Kubernetes control plane for tests: etcd + kube-apiserver (+ kube-controller-manager,
++ fake nodes: kube-scheduler and kwok) on 127.0.0.1, built from pinned Go modules by build.sh.
+envtest's approach, in Python; Helm v4 from the same build.
 
 Two flavours share one interface (`kubectl(user, ...)`, `apply`, `create_namespace`):
 - `Cluster`: starts its own processes, makes its own CA, one client certificate per user and a
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,19 @@ KCM_CONTROLLERS = (
     "deployment-controller,replicaset-controller,serviceaccount-controller,"
     "namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller"
 )
+# Fake nodes: kwok plays the kubelet for Nodes carrying this annotation (and only those, so the
+# kubelet-less GITOPS_NODE stays as it is), moving their Pods through Running and Ready with
+# real API writes; kube-scheduler binds Pods to them. kwok's behaviour is its Stages.
+KWOK_STAGES = HERE / "kwok" / "stages.yaml"
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+FAKE_NODE_PREFIX = "kwok-node-"
+# kube-apiserver's TaintNodesByCondition admission puts this on every new Node; only the
+# node-lifecycle-controller would take it off, and that controller would also judge
+# GITOPS_NODE dead. So the harness removes it itself once kwok reports the node Ready.
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+# kwok's chaos stage: Running Pods with this label (value "true") get their containers failed,
+# exit code 1 unless the annotation f"{FAIL_CONTAINERS_LABEL}/exit-code" says otherwise.
+FAIL_CONTAINERS_LABEL = "pod-container-running-failed.stage.kwok.x-k8s.io"
 # Audit every write at Metadata level: that is where the API server records a webhook's
 # auditAnnotations and, for impersonated requests, the real caller.
 AUDIT_POLICY = {
@@ -112,13 +126,49 @@ def _tail(path: Path, lines: int = 60) -> str:
 
 
 class _Kube:
-    """What tests use, for both flavours: kubectl as a user, and small setup helpers."""
+    """What tests use, for both flavours: kubectl and helm as a user, and setup helpers."""
 
     kubectl_bin: str
     local = False  # True when the API server runs here and can call a webhook on 127.0.0.1
+    _helm_home: Path | None = None
+    _helm_bin: Path | None = None
 
     def kubectl_argv(self, user: str) -> list[str]:
         raise NotImplementedError
+
+    @property
+    def helm_bin(self) -> Path:
+        """Helm v4, built by build.sh from tests/cluster/helm (the version pinned there)."""
+        if self._helm_bin is None:
+            self._helm_bin = ensure_binaries() / "helm"
+        return self._helm_bin
+
+    def helm_argv(self, user: str) -> list[str]:
+        """helm as `user` (its kubeconfig flags only; the caller adds the command)."""
+        raise NotImplementedError
+
+    def helm_env(self) -> dict[str, str]:
+        """The environment for helm: its config, cache and data directories are private to
+        this cluster object, so no test reads or writes the user's ~/.config/helm (repos,
+        registry logins, plugins) and no test sees another's."""
+        if self._helm_home is None:
+            self._helm_home = Path(tempfile.mkdtemp(prefix="changegate-helm-"))
+            atexit.register(shutil.rmtree, self._helm_home, ignore_errors=True)
+        home = self._helm_home
+        return {**os.environ, "HELM_CONFIG_HOME": str(home / "config"),
+                "HELM_CACHE_HOME": str(home / "cache"), "HELM_DATA_HOME": str(home / "data")}
+
+    def helm(
+        self, user: str, *args: str, input: str | None = None, timeout: float = 120,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*self.helm_argv(user), *args], input=input, capture_output=True, text=True,
+            timeout=timeout, check=False, env=self.helm_env(),
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} as {user}: {proc.stderr.strip()}")
+        return proc
 
     def kubectl(
         self, user: str, *args: str, input: str | None = None, timeout: float = 60, check=False
@@ -145,6 +195,20 @@ class _Kube:
              "metadata": {"name": name, "labels": labels or {}}},
             _editor_binding(name),
         )
+
+    def delete_namespace(self, name: str, timeout: float = 60) -> None:
+        """Delete a namespace and return once no Pod is left in it. The namespace itself goes
+        away in the background: the namespace controller re-checks only after half the Pods'
+        grace period (15 s by default), and nothing else needs to wait for that. With fake
+        nodes, call it before remove_nodes(): kwok finishes the Pods' deletion."""
+        self.kubectl("admin", "delete", "namespace", name, "--wait=false", check=True)
+        deadline = time.monotonic() + timeout
+        # A terminating namespace admits no new Pods, so "none left" stays true.
+        while self.kubectl("admin", "get", "pods", "-n", name, "-o", "name",
+                           check=True).stdout.strip():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pods in namespace {name} not gone after {timeout:.0f} s")
+            time.sleep(0.2)
 
     def _setup_identities(self) -> None:
         self.apply(*yaml.safe_load_all((HERE / "rbac.yaml").read_text()))
@@ -191,6 +255,14 @@ class ExternalCluster(_Kube):
             argv += ["--as", user, *(f"--as-group={g}" for g in USERS[user])]
         return argv
 
+    def helm_argv(self, user: str) -> list[str]:
+        argv = [str(self.helm_bin), "--kubeconfig", str(self.admin_kubeconfig)]
+        if user == GITOPS:
+            return [*argv, "--kube-as-user", GITOPS_USER]
+        if user != "admin":
+            argv += ["--kube-as-user", user, *(f"--kube-as-group={g}" for g in USERS[user])]
+        return argv
+
     def start(self) -> ExternalCluster:
         self._setup_identities()
         return self
@@ -201,13 +273,20 @@ class ExternalCluster(_Kube):
 
 class Cluster(_Kube):
     """etcd + kube-apiserver (+ kube-controller-manager) on loopback. Use as a context manager
-    or call start()/stop(); stop() also runs at exit and on any failure inside start()."""
+    or call start()/stop(); stop() also runs at exit and on any failure inside start().
+
+    `nodes=N` (or add_nodes(N) later, remove_nodes() to undo) adds N fake nodes: kube-scheduler
+    and kwok run, and Deployments really roll out. They need the controller manager, so
+    nodes > 0 turns it on."""
 
     local = True
 
     def __init__(self, *, controller_manager: bool = False, workdir: Path | None = None,
-                 keep_workdir: bool = False) -> None:
-        self.with_controller_manager = controller_manager
+                 keep_workdir: bool = False, nodes: int = 0) -> None:
+        self.with_controller_manager = controller_manager or nodes > 0
+        self._initial_nodes = nodes
+        self.fake_nodes: list[str] = []
+        self._node_agents: list[subprocess.Popen[bytes]] = []
         self._workdir_arg = workdir
         self.keep_workdir = keep_workdir
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -221,6 +300,13 @@ class Cluster(_Kube):
 
     def kubectl_argv(self, user: str) -> list[str]:
         return [self.kubectl_bin, "--kubeconfig", str(self.kubeconfigs[user])]
+
+    @property
+    def helm_bin(self) -> Path:
+        return self.bin_dir / "helm"
+
+    def helm_argv(self, user: str) -> list[str]:
+        return [str(self.helm_bin), "--kubeconfig", str(self.kubeconfigs[user])]
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -242,6 +328,8 @@ class Cluster(_Kube):
             self._setup_gitops_token()
             if self.with_controller_manager:
                 self._start_controller_manager()
+            if self._initial_nodes:
+                self.add_nodes(self._initial_nodes)
         except BaseException:
             self.stop()
             raise
@@ -252,17 +340,9 @@ class Cluster(_Kube):
         """Stop everything we started, newest first; idempotent."""
         atexit.unregister(self.stop)
         while self._procs:
-            proc = self._procs.pop()
-            if proc.poll() is None:
-                # Each server runs in its own process group: signal the group, not the pid.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            _terminate(self._procs.pop())
+        self._node_agents.clear()
+        self.fake_nodes.clear()
         workdir = getattr(self, "workdir", None)
         if workdir is not None and not self.keep_workdir and self._workdir_arg is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -432,20 +512,116 @@ class Cluster(_Kube):
             # system:serviceaccount:kube-system:<controller>, which is what a webhook sees live.
             "--use-service-account-credentials=true",
         ])
-        # Its serving cert is self-signed in memory; /healthz is always allowed.
-        insecure = ssl.create_default_context()
-        insecure.check_hostname = False
-        insecure.verify_mode = ssl.CERT_NONE
+        self._wait("kube-controller-manager", proc, _healthz(f"https://127.0.0.1:{port}/healthz"),
+                   timeout=60)
 
-        def healthy() -> bool:
-            url = f"https://127.0.0.1:{port}/healthz"
-            with urllib.request.urlopen(url, context=insecure, timeout=5) as r:
-                return r.status == 200
+    # -- fake nodes -------------------------------------------------------------------------
+    def add_nodes(self, count: int, timeout: float = 60) -> list[str]:
+        """Add `count` kwok-managed Nodes, Ready and schedulable, and return their names.
+        Starts kube-scheduler and kwok on first use."""
+        if not self.with_controller_manager:
+            raise RuntimeError("fake nodes need the controller manager (Deployments -> Pods)")
+        if not self._node_agents:
+            self._start_scheduler()
+            self._start_kwok()
+        first = len(self.fake_nodes)
+        names = [f"{FAKE_NODE_PREFIX}{i}" for i in range(first, first + count)]
+        self.apply(*(
+            # The labels a kubelet registers with, so nodeSelectors written for real clusters
+            # work; kwok fills in status (Ready, capacity, addresses).
+            {"apiVersion": "v1", "kind": "Node",
+             "metadata": {"name": name, "annotations": {FAKE_NODE_ANNOTATION: "fake"},
+                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                     "kubernetes.io/arch": "amd64"}}}
+            for name in names
+        ))
+        for name in names:
+            self._wait_node_ready(name, timeout)
+            # Idempotent: the trailing "-" removes it, and fails only if it is already gone.
+            self.kubectl("admin", "taint", "nodes", name, f"{NOT_READY_TAINT}:NoSchedule-")
+            self.fake_nodes.append(name)
+        return names
 
-        self._wait("kube-controller-manager", proc, healthy, timeout=60)
+    def remove_nodes(self) -> None:
+        """Delete the fake nodes and stop kwok and kube-scheduler, so later tests see a cluster
+        without running pods again. Pods still bound to the nodes stay (Pending/Running as
+        last written): delete them, or their namespaces, before calling this."""
+        if self.fake_nodes:
+            self.kubectl("admin", "delete", "nodes", *self.fake_nodes, "--timeout=60s",
+                         timeout=70, check=True)
+            self.fake_nodes.clear()
+        while self._node_agents:
+            proc = self._node_agents.pop()
+            self._procs.remove(proc)
+            _terminate(proc)
+
+    def _wait_node_ready(self, name: str, timeout: float) -> None:
+        # `kubectl wait` watches: returns as soon as kwok writes the Ready condition.
+        proc = self.kubectl("admin", "wait", "--for=condition=Ready", f"node/{name}",
+                            f"--timeout={timeout:.0f}s", timeout=timeout + 10)
+        if proc.returncode != 0:
+            raise TimeoutError(f"node {name} not Ready: {proc.stderr.strip()}; kwok log tail:\n"
+                               + self.logs("kwok"))
+
+    def _start_scheduler(self) -> None:
+        port = free_port()
+        admin = str(self.admin_kubeconfig)
+        proc = self._spawn("kube-scheduler", [
+            str(self.bin_dir / "kube-scheduler"),
+            f"--kubeconfig={admin}",
+            f"--authentication-kubeconfig={admin}", f"--authorization-kubeconfig={admin}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1", f"--secure-port={port}",
+        ])
+        self._node_agents.append(proc)
+        self._wait("kube-scheduler", proc, _healthz(f"https://127.0.0.1:{port}/healthz"),
+                   timeout=60)
+
+    def _start_kwok(self) -> None:
+        port = free_port()
+        proc = self._spawn("kwok", [
+            str(self.bin_dir / "kwok"),
+            f"--kubeconfig={self.admin_kubeconfig}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
+            # Pod IPs kwok hands out; outside the service range (10.0.0.0/24) on purpose.
+            "--cidr=10.244.0.1/16", "--node-ip=10.243.0.1",
+            f"--server-address=127.0.0.1:{port}",
+            f"--config={KWOK_STAGES}",
+        ])
+        self._node_agents.append(proc)
+        self._wait("kwok", proc, _healthz(f"http://127.0.0.1:{port}/healthz"), timeout=60)
 
     def logs(self, name: str = "kube-apiserver", lines: int = 60) -> str:
         return _tail(self.workdir / f"{name}.log", lines)
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        # Each server runs in its own process group: signal the group, not the pid.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _healthz(url: str) -> Callable[[], bool]:
+    """A readiness probe for a component's /healthz. Their serving certs are self-signed in
+    memory, and /healthz is always allowed, so no verification and no credentials."""
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+
+    def healthy() -> bool:
+        context = insecure if url.startswith("https:") else None
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
+            return bool(r.status == 200)
+
+    return healthy
 
 
 def _b64(data: bytes) -> str:
