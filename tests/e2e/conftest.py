@@ -66,6 +66,21 @@ def cluster() -> Iterator[Cluster | ExternalCluster]:
         local.stop()
 
 
+@pytest.fixture(scope="module")
+def nodes(cluster: Cluster | ExternalCluster) -> Iterator[list[str]]:
+    """Two fake nodes (kwok + kube-scheduler) on the session's cluster: Pods get scheduled,
+    Running and Ready, so Deployments roll out. Per module and removed after it, so the rest
+    of the suite keeps a cluster where Pods stay Pending and pays nothing for kwok. A module
+    using it must delete its Pods (or namespaces) before it ends."""
+    if not isinstance(cluster, Cluster):
+        pytest.skip("fake nodes need the local control plane (KUBECONFIG is set)")
+    names = cluster.add_nodes(2)
+    try:
+        yield names
+    finally:
+        cluster.remove_nodes()
+
+
 @pytest.fixture
 def kubectl(cluster: Cluster | ExternalCluster) -> Kubectl:
     """kubectl(user, *args, input=None) -> (rc, stdout, stderr), as that user."""
