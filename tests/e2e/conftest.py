@@ -70,8 +70,10 @@ def cluster() -> Iterator[Cluster | ExternalCluster]:
 def nodes(cluster: Cluster | ExternalCluster) -> Iterator[list[str]]:
     """Two fake nodes (kwok + kube-scheduler) on the session's cluster: Pods get scheduled,
     Running and Ready, so Deployments roll out. Per module and removed after it, so the rest
-    of the suite keeps a cluster where Pods stay Pending and pays nothing for kwok. A module
-    using it must delete its Pods (or namespaces) before it ends."""
+    of the suite keeps a cluster where Pods stay Pending and pays nothing for kwok (about
+    3.5 s per module that uses it). A module using it must delete its Pods before it ends
+    (cluster.delete_namespace). While it runs, kube-scheduler also binds the Pending Pods
+    earlier modules left behind, and kwok runs them; their namespaces are finished with."""
     if not isinstance(cluster, Cluster):
         pytest.skip("fake nodes need the local control plane (KUBECONFIG is set)")
     names = cluster.add_nodes(2)
