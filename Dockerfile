@@ -8,16 +8,21 @@
 # one.
 ARG BASE=debian:bookworm-slim
 
-# --- python: the base plus Debian's python3 ------------------------------------------------
+# --- python: the base plus Debian's python3 and the image's user -----------------------------
 FROM ${BASE} AS python
 # Not pinned: the release pins them, and Debian's mirror serves only the current point
 # release's version, so a pinned version stops building at the next security update. On a
 # base that has them (mmdebstrap's) this installs nothing.
+# uid 65532 gets a passwd entry ("nonroot", as in distroless): the operator (kopf) names
+# itself with getpass.getuser(), which raises for a uid without one.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && apt-get clean \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 nonroot \
+ && useradd --no-log-init --uid 65532 --gid 65532 --home-dir /tmp \
+      --no-create-home --shell /usr/sbin/nologin nonroot
 
 # --- builder: changegate and its dependencies in a venv ------------------------------------
 # Plain Python, no compiler: every dependency publishes manylinux wheels for amd64 and

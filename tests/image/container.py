@@ -32,6 +32,7 @@ from pathlib import Path
 
 UID = GID = 65532  # the image's USER (Dockerfile)
 CONFIG_DIR = "/etc/changegate"
+BUILDAH = os.path.realpath(shutil.which("buildah") or "/usr/bin/buildah")
 
 
 def buildah(*args: str, timeout: float = 120) -> str:
@@ -54,9 +55,9 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _comm(pid: int) -> str:
+def _exe(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return os.readlink(f"/proc/{pid}/exe")
     except OSError:
         return ""
 
@@ -97,22 +98,27 @@ class Container:
         subprocess.run(["mount", "-o", "remount,ro", str(self.rootfs)], check=True, timeout=30)
         argv = ["buildah", "run", "--isolation", "chroot", "--network", "host",
                 *self._volumes(), self.name, "--", *entrypoint, *args]
+        # buildah's run directory (hosts, resolv.conf, mount points) under TMPDIR: its
+        # panicking cleanup leaves it, so it goes with our work directory.
+        env = {**os.environ, "TMPDIR": str(self.work)}
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=env)
         return self.proc
 
     def main_pid(self) -> int | None:
-        """The image's process: the child of buildah's chroot-exec stage."""
+        """The image's process: the first below `buildah run` that is not buildah itself (it
+        re-executes itself for its chroot stages, from /usr/bin/buildah or a memfd copy)."""
         if self.proc is None:
             return None
         tree, todo = _children(), [self.proc.pid]
         while todo:
-            pid = todo.pop()
-            for child in tree.get(pid, []):
-                if _comm(pid) == "buildah-chroot-" and _comm(child) != "buildah-chroot-":
-                    return child  # comm is cut at 15 characters
-                todo.append(child)
+            pid = todo.pop(0)
+            exe = _exe(pid)
+            if exe and exe != BUILDAH and not exe.startswith("/memfd:buildah"):
+                return pid
+            todo.extend(tree.get(pid, []))
         return None
 
     def status(self) -> dict[str, str]:
