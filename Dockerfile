@@ -35,8 +35,8 @@ RUN apt-get update \
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-# pyproject.toml names README.md as the package's readme, so the build needs it.
-COPY pyproject.toml README.md ./
+# pyproject.toml names README.md (the readme) and LICENSE (license-files): the build reads both.
+COPY pyproject.toml README.md LICENSE ./
 COPY controller ./controller
 # The venv's python is a symlink to the base's /usr/bin/python3, which the final stage has
 # at the same path. pip and setuptools go afterwards: nothing installs anything at run time.
