@@ -76,8 +76,9 @@ class Webhook:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.source = source
         self.config = config
-        # One memo for the process: a ChangeApproval version is verified once, ever (per
-        # trust-store version), and an old object's digest is computed once per version.
+        # One memo for the process: a ChangeApproval version (as watched, never as a
+        # request states it) is verified once per trust-store version. Nothing a request
+        # carries is remembered for another (SPEC §5: any pod can send a forged review).
         self.context = Context()
         self.clock = clock or (lambda: datetime.now(UTC))
         self.read_throughs = 0
