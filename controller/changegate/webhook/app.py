@@ -125,7 +125,8 @@ class Webhook:
         body_out = self._response(review.uid, decision)
         namespace = review.name if review.resource == "namespaces" else review.namespace
         try:
-            metrics.observe_decision(decision, seconds, namespace=namespace)
+            metrics.observe_decision(decision, seconds, namespace=namespace,
+                                     snapshot=self.source.snapshot())
             logs.audit(decision, review, uid=review.uid, seconds=seconds)
         except Exception:  # the answer is decided: a counting or logging bug must not undo it
             log.exception("recording the decision failed", extra={"fields": {
