@@ -43,6 +43,9 @@ KEYS: dict[str, str] = {
     "breakGlassGroups": "list",
     "deadlineSeconds": "float",
     "maxBodyBytes": "int",
+    # A CA file: with it, `serve` requires and verifies a client certificate (the API
+    # server's) on the HTTPS port (SPEC §5; opt-in).
+    "clientCa": "str",
 }
 
 
@@ -60,6 +63,7 @@ class ServeConfig:
     process: ProcessConfig = field(default_factory=ProcessConfig)
     deadline_seconds: float = DEFAULT_DEADLINE
     max_body_bytes: int = DEFAULT_MAX_BODY
+    client_ca: str | None = None
 
 
 def _from_file(path: str) -> dict[str, Any]:
@@ -166,4 +170,5 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
     )
     return ServeConfig(process=process,
                        deadline_seconds=values.get("deadlineSeconds", DEFAULT_DEADLINE),
-                       max_body_bytes=values.get("maxBodyBytes", DEFAULT_MAX_BODY))
+                       max_body_bytes=values.get("maxBodyBytes", DEFAULT_MAX_BODY),
+                       client_ca=values.get("clientCa"))

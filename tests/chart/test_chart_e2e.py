@@ -77,11 +77,6 @@ def live(tmp_path_factory) -> Iterator[Live]:
                         "crd/changeapprovals.changegate.io", check=True)
         cluster.apply(*[o for o in objs if o["kind"] not in {
             "CustomResourceDefinition", "ValidatingWebhookConfiguration"}])
-        # The in-cluster webhook's service account and bindings (externalURL renders none),
-        # so RBAC can be checked for both components.
-        rbac = {"ServiceAccount", "ClusterRoleBinding", "RoleBinding"}
-        cluster.apply(*[o for o in objects(ci_values()["default-values.yaml"])
-                        if o["kind"] in rbac])
         cluster.create_namespace("payments", {"tier": "tier-1"})
         cluster.create_namespace("sandbox", {"tier": "tier-2"})
         register_webhook(cluster, vwc, probe=probe_configmap("payments"),

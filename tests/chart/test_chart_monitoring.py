@@ -91,7 +91,8 @@ def test_rejected_changes_page_only_for_the_contracts_trust_and_signature_reason
     ("ChangeGateBreakGlassUsed", "page"), ("ChangeGateInvalidSignature", "page"),
     ("ChangeGateWebhookDown", "page"), ("ChangeGateWebhookFailingOpen", "page"),
     ("ChangeGateTier1ProtectionLoosened", "page"), ("ChangeGateTrustOrPolicyLoosened", "page"),
-    ("ChangeGateConfigChanged", "ticket"), ("ChangeGateUnexplainedChange", "page"),
+    ("ChangeGateConfigChanged", "ticket"), ("ChangeGateConfigChangeDenied", "ticket"),
+    ("ChangeGateUnexplainedChange", "page"),
     ("ChangeGateWebhookConfigDrifted", "page"), ("ChangeGateWebhookReplicasLow", "ticket"),
     ("ChangeGateBreakGlassReviewOverdue", "ticket"), ("ChangeGateCanaryFailed", "ticket"),
 ])

@@ -286,11 +286,15 @@ class Cluster(_Kube):
     local = True
 
     def __init__(self, *, controller_manager: bool = False, workdir: Path | None = None,
-                 keep_workdir: bool = False, nodes: int = 0) -> None:
+                 keep_workdir: bool = False, nodes: int = 0,
+                 webhook_client_cert: bool = False) -> None:
         self.with_controller_manager = controller_manager or nodes > 0
         self._initial_nodes = nodes
         self.fake_nodes: list[str] = []
         self._node_agents: list[subprocess.Popen[bytes]] = []
+        # kube-apiserver presents a client certificate (from a CA of its own, not the
+        # cluster's) to every webhook, as `--admission-control-config-file` configures it.
+        self.with_webhook_client_cert = webhook_client_cert
         self._workdir_arg = workdir
         self.keep_workdir = keep_workdir
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -367,9 +371,30 @@ class Cluster(_Kube):
         self.client_certs: dict[str, KeyPair] = {
             user: self.ca.client(user, groups) for user, groups in USERS.items()
         }
+        if self.with_webhook_client_cert:
+            (pki / "webhook-client").mkdir(exist_ok=True)
+            self.webhook_client_ca = CertificateAuthority(pki / "webhook-client",
+                                                          "kube-apiserver-webhook-client-ca")
+            self.webhook_client = self.webhook_client_ca.client("kube-apiserver")
+            self._write_admission_config()
         self.sa_pub, self.sa_key = service_account_keys(pki)
         self.audit_log = self.workdir / "audit.log"
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+
+    def _write_admission_config(self) -> None:
+        """Kubernetes docs, "Authenticate apiservers": the user `*` matches every webhook."""
+        kubeconfig = self.workdir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "users": [{"name": "*", "user": {
+                "client-certificate": str(self.webhook_client.cert),
+                "client-key": str(self.webhook_client.key)}}]}))
+        self.admission_config = self.workdir / "admission-config.yaml"
+        webhook = {"apiVersion": "apiserver.config.k8s.io/v1",
+                   "kind": "WebhookAdmissionConfiguration", "kubeConfigFile": str(kubeconfig)}
+        self.admission_config.write_text(yaml.safe_dump({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": [{"name": "ValidatingAdmissionWebhook", "configuration": webhook}]}))
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:
@@ -438,6 +463,8 @@ class Cluster(_Kube):
             f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
             f"--audit-log-path={self.audit_log}",
         ]
+        if self.with_webhook_client_cert:
+            args.append(f"--admission-control-config-file={self.admission_config}")
         if not self.with_controller_manager:
             # Nothing creates the `default` ServiceAccount then, and this plugin would refuse
             # every Pod for lacking it.

@@ -194,12 +194,9 @@ class Gate:
         # The harness's own changegate-tier1-editor (tests/cluster/rbac.yaml) stays.
         c.apply(*[o for o in self.objects if o["kind"] not in skip
                   and o["metadata"]["name"] != "changegate-tier1-editor"])
-        # externalURL renders no webhook ServiceAccount or bindings; take them from the
-        # in-cluster render, as tests/chart/test_chart_e2e.py does.
-        incluster = objects(merged(self.values([]), {"webhook": {"externalURL": ""}}))
-        c.apply(*[o for o in incluster
-                  if o["kind"] in {"ServiceAccount", "ClusterRoleBinding", "RoleBinding"}
-                  and o["metadata"]["name"] == WEBHOOK_SA])
+        # The webhook's ServiceAccount and bindings came with them: the chart renders them
+        # with externalURL too, so this out-of-cluster serve watches as that account.
+        assert one(self.objects, "ServiceAccount", WEBHOOK_SA)
         c.apply(*self._story_rbac())
         self.config_file = self.work / "config.yaml"
         self.config_file.write_text(

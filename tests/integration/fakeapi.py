@@ -175,6 +175,9 @@ class FakeAPI:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         query = dict(request.query)
         self.requests.append((request.path, query))
+        single = self._get_one(request.path)
+        if single is not None:
+            return single
         plural, namespace = self._route(request.path)
         if query.get("watch") in ("true", "1", "True"):
             return await self._watch(request, plural, namespace, query)
@@ -195,6 +198,19 @@ class FakeAPI:
         return web.Response(body=orjson.dumps({"kind": f"{kind}List", "apiVersion": api_version,
                                                "metadata": meta, "items": page}),
                             content_type="application/json")
+
+    def _get_one(self, path: str) -> web.Response | None:
+        """GET of one cluster-scoped object (`/api/v1/namespaces/NAME`), or None."""
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or parts[-1] in RESOURCES or parts[-2] not in RESOURCES:
+            return None
+        plural, name = parts[-2], parts[-1]
+        found = self.objects[plural].get(("", name))
+        if found is None:
+            return web.Response(status=404, content_type="application/json", body=orjson.dumps({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                "message": f'{plural} "{name}" not found', "code": 404}))
+        return web.Response(body=orjson.dumps(found), content_type="application/json")
 
     async def _watch(self, request: web.Request, plural: str, namespace: str | None,
                      query: dict[str, str]) -> web.StreamResponse:

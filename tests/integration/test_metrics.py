@@ -20,7 +20,7 @@ INSTRUMENTS = {
     "changegate_cache_synced": (),
     "changegate_trust_store_keys": (),
     "changegate_policy_changes": ("namespace", "allowed"),
-    "changegate_config_changes": ("config", "loosened"),
+    "changegate_config_changes": ("config", "loosened", "allowed"),
     "changegate_exempt_writes": ("namespace", "kind"),
     "changegate_eligible_approvers": ("namespace",),
 }

@@ -46,6 +46,12 @@ class Source:
         await asyncio.sleep(self.read_delay)
         return self.fresh
 
+    def may_look_up_namespace(self, name: str) -> bool:
+        return False  # the snapshot is the whole truth here
+
+    async def look_up_namespace(self, name: str, timeout: float) -> None:
+        return None
+
 
 async def answer(source: Source, review: dict[str, Any], **config: Any) -> dict[str, Any]:
     hook = Webhook(source, ServeConfig(**config))

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import write_state
 from tests.support import fixture, trust_yaml
@@ -124,9 +125,16 @@ async def test_an_invalid_trust_store_keeps_the_replica_ready_denying_until_it_i
         assert (await r.json())["response"]["allowed"] is False
     async with client.post(server.url, json=configmap_update("approvers: 3",
                                                              ["platform-admins"])) as r:
-        assert (await r.json())["response"]["allowed"] is False
+        broken = (await r.json())["response"]
+    assert broken["allowed"] is False
+    # A rule refusing bad input, not a webhook fault ("webhook denying on errors").
+    assert broken["auditAnnotations"]["changegate.io/decision"] == "denied:config_guard"
     _, metrics = server.get("/metrics")
-    assert 'changegate_config_changes_total{config="trust",loosened="true"}' in metrics
+    # The fix went in; the two refused writes loosened nothing (SPEC §8, `allowed`).
+    counted = {(f.labels["config"], f.labels["loosened"], f.labels["allowed"]): f.value
+               for family in text_string_to_metric_families(metrics)
+               for f in family.samples if f.name == "changegate_config_changes_total"}
+    assert counted == {("trust", "true", "true"): 1.0, ("trust", "true", "false"): 2.0}
     assert "changegate_config_valid 0.0" in metrics
 
 

@@ -45,9 +45,11 @@ class TestCA:
         return path
 
     def issue(self, directory: Path, common_name: str = "changegate-webhook",
-              stem: str = "tls") -> tuple[Path, Path, x509.Certificate]:
-        """A serving certificate for 127.0.0.1 and localhost: (cert file, key file, cert)."""
+              stem: str = "tls", *, client: bool = False) -> tuple[Path, Path, x509.Certificate]:
+        """A serving certificate for 127.0.0.1 and localhost: (cert file, key file, cert);
+        with ``client``, a client certificate (clientAuth) as an API server presents."""
         key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         cert = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -57,8 +59,7 @@ class TestCA:
                 .add_extension(x509.SubjectAlternativeName([
                     x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
                     x509.DNSName("localhost")]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                               critical=False)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
                 .sign(self.key, hashes.SHA256()))
         directory.mkdir(parents=True, exist_ok=True)
         cert_file, key_file = directory / f"{stem}.crt", directory / f"{stem}.key"

@@ -121,6 +121,8 @@ def test_invalid_trust_store_is_refused_even_for_admins():
     decision = run(cfg_review("changegate-trust", "approvers.yaml", trust_yaml(), twice,
                               user="pat", groups=["platform-admins"]), policy=ADMIN)
     assert not decision.allowed and "one key must speak for one person" in decision.message
+    # A rule's refusal, not the webhook's fault: it must not feed "denying on errors".
+    assert (decision.code, decision.outcome) == ("config_guard", "denied")
 
 
 @pytest.mark.parametrize("old,new,loosened", [

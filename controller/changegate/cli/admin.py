@@ -131,8 +131,14 @@ def _emergency(policy: str, reason: str | None, kubeconfig: str | None,
 def emergency_off(reason: str, kubeconfig: str | None, context: str | None) -> None:
     """Set the gated entries to failurePolicy Ignore (cluster administrators only)."""
     _emergency("Ignore", reason, kubeconfig, context)
-    click.echo("changegate no longer blocks gated writes; the drift alert fires until "
-               "`changegate emergency-on`")
+    # Only what is true today: the operator does not yet watch the webhook configuration
+    # (no changegate_webhook_config_drift), so no drift alert can remind anyone. What the
+    # API server counts while it admits without changegate is real (SPEC §8, fail open).
+    click.echo("while changegate cannot be reached, gated writes are now admitted unchecked; "
+               "the API server counts each one (apiserver_admission_webhook_fail_open_count, "
+               "alert ChangeGateWebhookFailingOpen) and the reason is recorded on the webhook "
+               "configuration, but no alert reminds you that it is off: run "
+               "`changegate emergency-on` as soon as the webhook is back")
 
 
 @click.command("emergency-on")

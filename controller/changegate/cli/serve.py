@@ -39,6 +39,9 @@ def _groups(values: tuple[str, ...]) -> tuple[str, ...] | None:
               help="Serving certificate (PEM, chain). Reloaded when the file changes.")
 @click.option("--tls-key", required=True, type=click.Path(dir_okay=False),
               help="Private key of the serving certificate (PEM).")
+@click.option("--client-ca", type=click.Path(dir_okay=False),
+              help="Require a client certificate signed by this CA (PEM) on the HTTPS port: "
+                   "for an API server that presents one to its webhooks [off].")
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535),
               help="HTTPS port of POST /validate.")
 @click.option("--metrics-port", default=8080, show_default=True,
@@ -71,8 +74,8 @@ def _groups(values: tuple[str, ...]) -> tuple[str, ...] | None:
               hidden=True, help="How often the TLS files are checked for rotation.")
 @click.option("--static-poll-seconds", default=2.0, type=click.FloatRange(0.05, 3600),
               hidden=True, help="How often --static DIR is checked for changes.")
-def serve(tls_cert: str, tls_key: str, port: int, metrics_port: int, address: str,
-          config_path: str | None, static_dir: str | None, kubeconfig: str | None,
+def serve(tls_cert: str, tls_key: str, client_ca: str | None, port: int, metrics_port: int,
+          address: str, config_path: str | None, static_dir: str | None, kubeconfig: str | None,
           kube_context: str | None, namespace: str | None, trust_config_map: str | None,
           policy_config_map: str | None, operator_service_account: str | None,
           policy_admin_groups: tuple[str, ...], break_glass_groups: tuple[str, ...],
@@ -85,8 +88,10 @@ def serve(tls_cert: str, tls_key: str, port: int, metrics_port: int, address: st
         "policyConfigMap": policy_config_map, "operatorServiceAccount": operator_service_account,
         "policyAdminGroups": _groups(policy_admin_groups),
         "breakGlassGroups": _groups(break_glass_groups),
-        "deadlineSeconds": deadline_seconds, "maxBodyBytes": max_body_bytes})
-    certificate = ReloadingCertificate(tls_cert, tls_key, poll_seconds=tls_poll_seconds)
+        "deadlineSeconds": deadline_seconds, "maxBodyBytes": max_body_bytes,
+        "clientCa": client_ca})
+    certificate = ReloadingCertificate(tls_cert, tls_key, poll_seconds=tls_poll_seconds,
+                                       client_ca=config.client_ca)
     static = None
     if static_dir is not None:
         from changegate.webhook.cache import StaticSource
@@ -152,7 +157,8 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
             "port": port, "metricsPort": metrics_port, "address": address,
             "source": "static" if static is not None else "kubernetes",
             "namespace": config.process.namespace,
-            "deadlineSeconds": config.deadline_seconds, "maxBodyBytes": config.max_body_bytes}})
+            "deadlineSeconds": config.deadline_seconds, "maxBodyBytes": config.max_body_bytes,
+            "clientCertificateRequired": config.client_ca is not None}})
         await stop.wait()
         log.info("stopping")
     finally:

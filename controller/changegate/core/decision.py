@@ -40,7 +40,8 @@ SYSTEM_NAMESPACES = frozenset({"kube-system"})
 
 @dataclass
 class Context:
-    """Per-call helpers: the memo survives across calls, the rest is per request."""
+    """Memos that survive across calls, filled only from the snapshot's ChangeApprovals
+    (watched state), never from a request body (SPEC §5)."""
 
     memo: VerificationMemo = field(default_factory=VerificationMemo)
     digests: dict[tuple[object, ...], str] = field(default_factory=dict)
@@ -76,25 +77,13 @@ def _route(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context) -
     return _gated(req, snap, now, ctx, kind)
 
 
-def _digest(ctx: Context, obj: dict[str, Any] | None, policy: Policy, autoscaled: bool,
-            cache: bool) -> str:
-    """Digest of ``obj``; the old object's is cached by (uid, resourceVersion)."""
+def _digest(obj: dict[str, Any] | None, policy: Policy, autoscaled: bool) -> str:
+    """Digest of ``obj``, computed afresh for every request: never remembered by the
+    object's uid and resourceVersion, which the request body states and any pod that can
+    reach the webhook can forge (SPEC §5); the digest costs microseconds."""
     if obj is None:
         return ABSENT
-    rules = policy.view_rules
-    if not cache:
-        return digest(obj, rules, autoscaled=autoscaled)
-    meta = obj.get("metadata") or {}
-    key = (str(meta.get("uid", "")), str(meta.get("resourceVersion", "")), id(rules),
-           autoscaled)
-    if key[0] and key[1]:
-        found = ctx.digests.get(key)
-        if found is None:
-            if len(ctx.digests) > 100_000:
-                ctx.digests.clear()
-            found = ctx.digests[key] = digest(obj, rules, autoscaled=autoscaled)
-        return found
-    return digest(obj, rules, autoscaled=autoscaled)
+    return digest(obj, policy.view_rules, autoscaled=autoscaled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +144,8 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
                                                       f"of {kind} {req.name}")
     autoscaled = kind == "Deployment" and snap.is_autoscaled(req.namespace, req.name)
     try:
-        old = _digest(ctx, req.old_object, policy, autoscaled, cache=True)
-        new = _digest(ctx, req.object, policy, autoscaled, cache=False)
+        old = _digest(req.old_object, policy, autoscaled)
+        new = _digest(req.object, policy, autoscaled)
     except NotCanonicalError as exc:
         return verdict.set_deny("not_canonical", str(exc))
     verdict.from_digest, verdict.to_digest = old, new

@@ -266,7 +266,9 @@ def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
         except ChangeGateError as exc:
             problem = str(exc)
     if problem:
-        verdict = Verdict.deny("config_invalid", f"refused: {problem}")
+        # A rule refusing bad input, not the webhook failing: config_invalid would count as
+        # the webhook's own fault (and feed "webhook denying on errors").
+        verdict = Verdict.deny("config_guard", f"refused: {problem}")
     elif req.groups.intersection(admin_groups(snap)):
         verdict = Verdict.allow("config_change", f"{config} changed by policy admin "
                                                  f"{req.username}")

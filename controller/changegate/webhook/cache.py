@@ -84,6 +84,8 @@ class KubeCache:
         self.generation = 0  # snapshots published so far (shown by /readyz)
         self._tasks: list[asyncio.Task[None]] = []
         self._read_through = ReadThrough(self._list_namespace)
+        # A namespace the watch has not brought yet (created a moment ago): one GET.
+        self._namespace_reads = ReadThrough(self._get_namespace)
         self._read_slots = asyncio.Semaphore(READ_THROUGH_PARALLEL)
         feeds = [
             Feed("changeapprovals", self.custom.list_cluster_custom_object,
@@ -131,6 +133,34 @@ class KubeCache:
                            ) -> tuple[ApprovalObject, ...] | None:
         return await self._read_through(namespace, timeout)  # see changegate.webhook.readthrough
 
+    def may_look_up_namespace(self, name: str) -> bool:
+        return not self._namespace_reads.refuses(name)
+
+    async def look_up_namespace(self, name: str, timeout: float) -> NamespaceInfo | None:
+        """The Namespace as the API server has it now (None: not found, or no answer in
+        time). For the one decision that asked: the watch brings it to the cache, and a
+        result inserted here could be older than an event the watch already delivered."""
+        return await self._namespace_reads(name, timeout)
+
+    async def _get_namespace(self, name: str, timeout: float) -> NamespaceInfo | None:
+        from kubernetes.aio import client
+
+        from changegate.webhook.watch import FeedError, _message, _raw
+
+        raw = _raw(client.CoreV1Api(self.api_client).read_namespace)
+        async with self._read_slots:
+            response = await raw(name, _request_timeout=timeout)
+            try:
+                body = await response.read()
+                status = response.status
+            finally:
+                response.release()
+        if status == 404:
+            return None
+        if status != 200:
+            raise FeedError(f"HTTP {status}: {_message(body)}")
+        return NamespaceInfo.from_object(orjson.loads(body))
+
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
         from changegate.webhook.watch import FeedError, _message, _raw
@@ -156,6 +186,7 @@ class KubeCache:
 
     async def stop(self) -> None:
         await self._read_through.close()
+        await self._namespace_reads.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -356,6 +387,12 @@ class StaticSource:
 
     def may_read_through(self, namespace: str) -> bool:
         return False  # the files are the whole truth: no second look
+
+    def may_look_up_namespace(self, name: str) -> bool:
+        return False  # likewise: a namespace not in the files does not exist
+
+    async def look_up_namespace(self, name: str, timeout: float) -> NamespaceInfo | None:
+        return None
 
     async def read_through(self, namespace: str, timeout: float
                            ) -> tuple[ApprovalObject, ...] | None:

@@ -3,7 +3,9 @@
 Label values are bounded on purpose: a username or an object name as a label would make
 one time series per person or per object (and leak them to whoever reads /metrics).
 `reason` takes only the reason codes of docs/contracts.md, `kind` only the kinds the
-webhook is registered for; anything else is counted as `other`.
+webhook is registered for, `namespace` only a gated namespace the webhook watched;
+anything else is counted as `other`. Any pod can post a review naming any namespace or
+kind (SPEC §5), so no label value may come from a request body unchecked.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ POLICY_CHANGES = Counter(
     "changegate_policy_changes", "Tier-1 namespace loosenings seen by the namespace guard.",
     ["namespace", "allowed"], registry=REGISTRY)
 CONFIG_CHANGES = Counter(
-    "changegate_config_changes", "Changes to the trust store, policy or ledger ConfigMaps.",
-    ["config", "loosened"], registry=REGISTRY)
+    "changegate_config_changes", "Changes to the trust store, policy or ledger ConfigMaps "
+    "(allowed: admitted, or refused by the config guard).",
+    ["config", "loosened", "allowed"], registry=REGISTRY)
 EXEMPT_WRITES = Counter(
     "changegate_exempt_writes", "Writes admitted for an exemptWriters identity.",
     ["namespace", "kind"], registry=REGISTRY)
@@ -154,30 +157,52 @@ def kind_label(kind: str) -> str:
     return _bounded(kind, KINDS)
 
 
-def observe_decision(decision: Decision, seconds: float, *, namespace: str) -> None:
+def namespace_label(namespace: str, snapshot: Snapshot) -> str:
+    """The namespace as a label value only when watched state knows it as gated (tier-1;
+    any namespace it knows while the policy is unreadable), else `other`."""
+    info = snapshot.namespaces.get(namespace)
+    if info is None:
+        return OTHER
+    policy = snapshot.policy
+    return namespace if policy is None or policy.selects(dict(info.labels)) else OTHER
+
+
+def observe_decision(decision: Decision, seconds: float, *, namespace: str,
+                     snapshot: Snapshot) -> None:
     """Count one answered AdmissionReview. ``namespace`` is the request's (or, for the
-    namespace guard, the Namespace's own name: it is the namespace the change is about)."""
+    namespace guard, the Namespace's own name: it is the namespace the change is about).
+
+    A dry-run changes nothing: it is counted as a request, never as break-glass, a policy
+    or a config change (a `kubectl diff` must not page anyone)."""
     hot = HOT
     kind = kind_label(decision.kind)
     reason = reason_label(decision.code)
     key = (kind, _bounded(decision.operation, OPERATIONS), decision.outcome, reason)
     hot.requests[key] = hot.requests.get(key, 0) + 1
     hot.observe_duration(kind, seconds)
-    if decision.outcome == "denied":  # "error" (the webhook's own fault) is no rejection
+    denied = decision.outcome == "denied"  # "error" (the webhook's own fault) is no rejection
+    real = not decision.dry_run
+    if denied or (real and (decision.break_glass or decision.policy_change is not None
+                            or decision.code == "exempt_writer")):
+        namespace = namespace_label(namespace, snapshot)  # only where a label needs it
+    if denied:
         rejected = (namespace, kind, reason)
         hot.rejected[rejected] = hot.rejected.get(rejected, 0) + 1
-    if decision.break_glass and decision.allowed:
-        hot.break_glass[namespace] = hot.break_glass.get(namespace, 0) + 1
     for result in decision.signature_results:
         result = _bounded(result, SIGNATURE_RESULTS)
         hot.signatures[result] = hot.signatures.get(result, 0) + 1
+    if not real:
+        return
+    if decision.code == "exempt_writer":
+        EXEMPT_WRITES.labels(namespace, kind).inc()
+    if decision.break_glass and decision.allowed:
+        hot.break_glass[namespace] = hot.break_glass.get(namespace, 0) + 1
     if decision.policy_change is not None:
         POLICY_CHANGES.labels(namespace, str(decision.allowed).lower()).inc()
     if decision.config_change is not None:
         config, loosened = decision.config_change
-        CONFIG_CHANGES.labels(_bounded(config, CONFIGS), str(loosened).lower()).inc()
-    if decision.code == "exempt_writer":
-        EXEMPT_WRITES.labels(namespace, kind).inc()
+        CONFIG_CHANGES.labels(_bounded(config, CONFIGS), str(loosened).lower(),
+                              str(decision.allowed).lower()).inc()
 
 
 def observe_bad_request(seconds: float) -> None:

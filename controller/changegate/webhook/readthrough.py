@@ -13,6 +13,10 @@ Two rules make it safe and cheap:
   list per namespace per MIN_INTERVAL, not one per request, nor one per list latency. A
   read-through that fails, runs out of time or is not taken is simply no second chance:
   the denial stands.
+
+The same machinery, typed by what it fetches, looks up a namespace the cache has not seen
+yet (one GET within the deadline, SPEC §5): the namespace of a request is a key here,
+never a value, and what it finds is the API server's state, used for that decision only.
 """
 
 from __future__ import annotations
@@ -22,33 +26,35 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from changegate.core.snapshot import ApprovalObject
 
 log = logging.getLogger("changegate.webhook.cache")
 
 Approvals = tuple[ApprovalObject, ...]
+T = TypeVar("T")
 QUEUE = 64  # requests waiting for a read-through, over all namespaces
 MIN_INTERVAL = 0.5  # seconds between two lists of one namespace
 
 
 @dataclass
-class _Namespace:
-    running: asyncio.Future[Approvals] | None = None
+class _Namespace(Generic[T]):
+    running: asyncio.Future[T] | None = None
     sent: bool = False  # the running list's request has gone out (too old to join now)
-    queued: asyncio.Future[Approvals] | None = None
+    queued: asyncio.Future[T] | None = None
     last_sent: float = float("-inf")  # loop time the last list went out
 
 
-class ReadThrough:
-    def __init__(self, lister: Callable[[str, float], Awaitable[Approvals]], *,
+class ReadThrough(Generic[T]):
+    def __init__(self, lister: Callable[[str, float], Awaitable[T]], *,
                  list_timeout: float = 2.0, min_interval: float | None = None) -> None:
         self.lister = lister
         self.list_timeout = list_timeout
         self.min_interval = MIN_INTERVAL if min_interval is None else min_interval
         self.lists = 0
         self.waiting = 0
-        self._namespaces: dict[str, _Namespace] = {}
+        self._namespaces: dict[str, _Namespace[T]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def refuses(self, namespace: str) -> bool:
@@ -63,14 +69,14 @@ class ReadThrough:
             return False
         return asyncio.get_running_loop().time() - state.last_sent < self.min_interval
 
-    async def __call__(self, namespace: str, timeout: float) -> Approvals | None:
+    async def __call__(self, namespace: str, timeout: float) -> T | None:
         if self.refuses(namespace):
             return None
         loop = asyncio.get_running_loop()
         state = self._namespaces.get(namespace)
         if state is None:
             self._forget_idle(loop.time())
-            state = self._namespaces[namespace] = _Namespace()
+            state = self._namespaces[namespace] = _Namespace[T]()
         if state.running is not None and not state.sent:
             future = state.running  # not asked yet: its answer is as fresh as we need
         elif state.running is None:
@@ -97,14 +103,13 @@ class ReadThrough:
         finally:
             self.waiting -= 1
 
-    def _start(self, namespace: str, state: _Namespace,
-               future: asyncio.Future[Approvals]) -> None:
+    def _start(self, namespace: str, state: _Namespace[T], future: asyncio.Future[T]) -> None:
         task = asyncio.ensure_future(self._run(namespace, state, future))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, namespace: str, state: _Namespace,
-                   future: asyncio.Future[Approvals]) -> None:
+    async def _run(self, namespace: str, state: _Namespace[T], future: asyncio.Future[T]
+                   ) -> None:
         self.lists += 1
         state.sent = True
         state.last_sent = asyncio.get_running_loop().time()

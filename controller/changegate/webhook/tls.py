@@ -9,6 +9,12 @@ certificate while the listener keeps running: no restart, no dropped connection.
 pair is first loaded into a scratch context, from private copies of the bytes read once,
 so a half-rotated pair (new cert, old key) or a file swapped between two reads can never
 reach the live context; the old certificate keeps serving until a good pair appears.
+
+With a client CA (`--client-ca`, opt-in) every handshake must present a certificate that
+CA signed: for clusters whose API server presents one to its webhooks (kube-apiserver's
+`--admission-control-config-file` with a kubeconfig for the webhook), so no pod can post a
+review at all. A changed CA file is added to the trusted CAs in place (a rotation overlaps
+old and new); dropping a CA needs a restart (an SSLContext cannot forget one).
 """
 
 from __future__ import annotations
@@ -48,16 +54,24 @@ def _server_context() -> ssl.SSLContext:
 class ReloadingCertificate:
     """Owns the webhook's server SSLContext; `check()` reloads it when the files change."""
 
-    def __init__(self, cert_file: str, key_file: str, *, poll_seconds: float = POLL_SECONDS):
+    def __init__(self, cert_file: str, key_file: str, *, poll_seconds: float = POLL_SECONDS,
+                 client_ca: str | None = None):
         self.cert_file, self.key_file = cert_file, key_file
+        self.client_ca = client_ca
         self.poll_seconds = poll_seconds
         self.context = _server_context()
+        if client_ca is not None:
+            # No certificate, or one the CA did not sign: the handshake fails, before any
+            # HTTP is read.
+            self.context.verify_mode = ssl.CERT_REQUIRED
         self.reloads = 0
         self._seen: tuple[object, ...] | None = None
         self._load()
 
     def _current(self) -> tuple[object, ...]:
-        return (_signature(self.cert_file), _signature(self.key_file))
+        files = (self.cert_file, self.key_file,
+                 *((self.client_ca,) if self.client_ca is not None else ()))
+        return tuple(_signature(f) for f in files)
 
     def _load(self) -> None:
         try:
@@ -67,6 +81,7 @@ class ReloadingCertificate:
         except OSError as exc:
             raise TLSFileError(f"--tls-cert/--tls-key: cannot read {exc.filename}: "
                                f"{exc.strerror}") from exc
+        client_ca = self._read_client_ca()
         with tempfile.TemporaryDirectory(prefix="changegate-tls-") as scratch:
             cert_copy, key_copy = Path(scratch, "tls.crt"), Path(scratch, "tls.key")
             cert_copy.write_bytes(cert)
@@ -79,7 +94,24 @@ class ReloadingCertificate:
                                    f"not a matching PEM certificate and key "
                                    f"({getattr(exc, 'reason', None) or exc})") from exc
             self.context.load_cert_chain(cert_copy, key_copy)
+        if client_ca is not None:
+            self.context.load_verify_locations(cadata=client_ca)
         self._seen = seen
+
+    def _read_client_ca(self) -> str | None:
+        """The client CA's PEM, proven loadable on a scratch context first."""
+        if self.client_ca is None:
+            return None
+        try:
+            text = Path(self.client_ca).read_text(encoding="ascii")
+            _server_context().load_verify_locations(cadata=text)
+        except (OSError, UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+            detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise TLSFileError(f"--client-ca {self.client_ca}: not a readable PEM CA "
+                               f"certificate ({detail})") from exc
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise TLSFileError(f"--client-ca {self.client_ca}: no PEM certificate in it")
+        return text
 
     def check(self) -> bool:
         """Reload if either file changed. True when a new certificate is now served."""
