@@ -32,6 +32,7 @@ from changegate.core.policy import (
     namespace_settings,
 )
 from changegate.core.review import AdmissionRequest
+from changegate.core.senior import declaration_problem
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, Snapshot
 from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import load_trust_store
@@ -72,6 +73,13 @@ def is_break_glass(req: AdmissionRequest, snap: Snapshot) -> bool:
         groups.update(snap.policy.breakGlassGroups)
     if not req.groups.intersection(groups):
         return False
+    if snap.policy is not None and snap.policy.is_automation(req.username, req.groups):
+        return False  # SPEC §6a: automation never breaks glass, whatever its groups
+    return carries_break_glass(req)
+
+
+def carries_break_glass(req: AdmissionRequest) -> bool:
+    """The write adds or changes a non-empty break-glass annotation."""
     new = _annotations(req.object).get(BREAK_GLASS)
     old = _annotations(req.old_object).get(BREAK_GLASS)
     return isinstance(new, str) and bool(new.strip()) and new != old
@@ -360,6 +368,9 @@ def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
     if wrong:
         return Verdict.deny("spec_statement_mismatch",
                             "fields differ from the statement: " + ", ".join(wrong))
+    undeclared = declaration_problem(policy, st)
+    if undeclared is not None:
+        return Verdict.deny(undeclared.code, undeclared.detail)
     p = st.predicate
     if not re.fullmatch(policy.changeRecordPattern, p.changeRecord.id):
         return Verdict.deny("change_record_invalid", f"change record {p.changeRecord.id!r} does "
