@@ -129,7 +129,8 @@ def test_counts_per_namespace():
 
 def test_per_day_covers_every_day_of_the_period():
     days = dict(per_day(report()))
-    assert list(days)[0] == "2026-11-20" and list(days)[-1] == "2026-11-30" and len(days) == 11
+    names = list(days)
+    assert (names[0], names[-1], len(names)) == ("2026-11-20", "2026-11-30", 11)
     assert days["2026-11-25"]["approval"] == 1 and days["2026-11-27"]["break-glass"] == 1
     assert sum(sum(c.values()) for c in days.values()) == 5
 
