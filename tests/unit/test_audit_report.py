@@ -166,3 +166,19 @@ def test_html_escapes_what_users_wrote():
     page = render_html(build_report([evil], period=PERIOD, now=NOW, seniors=frozenset(),
                                     review_deadline=3600))
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def test_headless_chromium_renders_the_page_without_console_errors(tmp_path):
+    from tests.browser import ARTIFACTS, render
+
+    page = tmp_path / "audit.html"
+    page.write_text(render_html(report()))
+    shown = render(page, ARTIFACTS / "audit-unit.png")
+    assert shown.console == []
+    assert "Tier-1 changes" in shown.dom and "<svg" in shown.dom
+    assert shown.dom.count("<rect") == 5
+    # The console check itself catches a page that does write an error.
+    broken = tmp_path / "broken.html"
+    broken.write_text("<!DOCTYPE html><html><body><script>console.error('boom');"
+                      "</script></body></html>")
+    assert any("boom" in line for line in render(broken, None).console)

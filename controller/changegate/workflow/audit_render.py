@@ -88,7 +88,7 @@ body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:
 h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.6em 0 .5em}
 .muted{color:#666}table{border-collapse:collapse;margin:.3em 0 1em;font-size:13px}
 th,td{border-bottom:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.n{text-align:right}code{font-size:12px}
+th{background:#f4f4f4}td.n{text-align:right}td:first-child{white-space:nowrap}code{font-size:12px}
 .tag{display:inline-block;padding:0 .45em;border-radius:3px;color:#fff;font-size:12px}
 .senior{font-weight:600}.overdue{color:#c62828;font-weight:600}
 .summary span{display:inline-block;margin-right:1.5em}
