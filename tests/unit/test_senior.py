@@ -199,3 +199,36 @@ def test_a_senior_short_release_holds_its_siblings():
     short = sign(approval_for(other, assistance="ai", name="chg-1234-cm"), "bob", "carol")
     decision = run(review, good, short)
     assert decision.code == "record_incomplete" and "senior" in decision.detail
+
+
+# --- the config guard knows what loosens §6a -------------------------------------------
+
+@pytest.mark.parametrize("old,new,loosened", [
+    ("automation: {users: [bot]}", "automation: {users: []}", True),
+    ("automation: {groups: [ci-bots]}", "automation: {groups: [ci-bots, agents]}", False),
+    ("seniorApprovals: 2", "seniorApprovals: 1", True),
+    ("seniorApprovals: 1", "seniorApprovals: 2", False),
+    ("requireAssistanceDeclaration: true", "requireAssistanceDeclaration: false", True),
+    ("requireAssistanceDeclaration: false", "requireAssistanceDeclaration: true", False),
+])
+def test_policy_changes_to_the_senior_rules_are_classified(old, new, loosened):
+    from tests.unit.test_guards import ADMIN, cfg_review
+
+    review = cfg_review("changegate-policy", "policy.yaml", old + "\n" + ADMIN,
+                        new + "\n" + ADMIN, user="pat", groups=["platform-admins"])
+    decision = run(review, policy=ADMIN)
+    assert decision.allowed and decision.config_change == ("policy", loosened)
+
+
+def test_making_an_approver_senior_is_loosening():
+    from tests.unit.test_guards import ADMIN, cfg_review
+
+    before = yaml.safe_load(trust())
+    after = yaml.safe_load(trust())
+    after["approvers"][0]["senior"] = True  # bob
+    review = cfg_review("changegate-trust", "approvers.yaml", yaml.safe_dump(before),
+                        yaml.safe_dump(after), user="pat", groups=["platform-admins"])
+    assert run(review, policy=ADMIN).config_change == ("trust", True)
+    back = cfg_review("changegate-trust", "approvers.yaml", yaml.safe_dump(after),
+                      yaml.safe_dump(before), user="pat", groups=["platform-admins"])
+    assert run(back, policy=ADMIN).config_change == ("trust", False)

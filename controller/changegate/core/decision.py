@@ -133,7 +133,7 @@ def namespace_gate(snap: Snapshot, policy: Policy, trust: TrustStore,
         # SPEC §6a: an automation identity's trust-store entry is ignored, and says so.
         warnings.extend(f"changegate: trust-store approver {name} is an automation identity "
                         "(policy automation) and is ignored as an approver"
-                        for name in automation_in_trust(policy, trust))
+                        for name in automation_in_trust(policy, trust, namespace))
         if len(eligible) < settings.required_approvals:
             warnings.append(f"changegate: namespace {namespace} has {len(eligible)} eligible "
                             f"approvers; {settings.required_approvals} are required")

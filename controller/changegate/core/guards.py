@@ -225,13 +225,20 @@ def _policy_loosened(old: Policy, new: Policy) -> bool:
         o.atomicRecords and not n.atomicRecords,
         n.maxCanaryReplicas > o.maxCanaryReplicas,
         n.canaryMinApprovals < o.canaryMinApprovals,
+        # SPEC §6a: fewer identities held to a senior signature, fewer seniors asked for.
+        grew(n.automation.users + n.automation.groups,
+             o.automation.users + o.automation.groups),
+        n.seniorApprovals < o.seniorApprovals,
+        o.requireAssistanceDeclaration and not n.requireAssistanceDeclaration,
     ))
 
 
 def _trust_grants(text: str) -> set[tuple[str, str, str, str]]:
+    # `senior` is a grant of its own: making someone senior lets one signature do more.
     store = load_trust_store(text)
-    return {(e.name, e.role, ns, k.key.keyid) for k in store.trusted_keys() for e in [k.approver]
-            for ns in e.namespaces}
+    return {(e.name, role, ns, k.key.keyid) for k in store.trusted_keys() for e in [k.approver]
+            for ns in e.namespaces
+            for role in ((e.role, "senior") if e.senior else (e.role,))}
 
 
 def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:

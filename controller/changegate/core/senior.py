@@ -84,7 +84,9 @@ def declaration_problem(policy: Policy, statement: Statement) -> Problem | None:
     return None
 
 
-def automation_in_trust(policy: Policy, trust: TrustStore) -> list[str]:
-    """Trust-store approvers that are automation identities: ignored, with a warning."""
+def automation_in_trust(policy: Policy, trust: TrustStore, namespace: str) -> list[str]:
+    """Trust-store approvers for ``namespace`` that are automation identities: ignored,
+    with a warning."""
     users = automation_users(policy)
-    return sorted(e.name for e in trust.entries if e.role == "approver" and e.name in users)
+    return sorted(e.name for e in trust.entries
+                  if e.role == "approver" and e.name in users and e.may_approve_in(namespace))
