@@ -232,3 +232,14 @@ def test_making_an_approver_senior_is_loosening():
     back = cfg_review("changegate-trust", "approvers.yaml", yaml.safe_dump(after),
                       yaml.safe_dump(before), user="pat", groups=["platform-admins"])
     assert run(back, policy=ADMIN).config_change == ("trust", False)
+
+
+def test_eligible_approvers_metric_leaves_automation_identities_out():
+    from changegate.webhook import metrics
+
+    namespace = {"apiVersion": "v1", "kind": "Namespace",
+                 "metadata": {"name": "payments", "labels": {"tier": "tier-1"}}}
+    text = trust(automation_entry=True)  # bob, carol, sam, tess and the bot approve here
+    for policy, expected in ((POLICY, 4), ("", 5)):
+        metrics.observe_snapshot(snapshot(namespace, policy=policy, trust=text), synced=True)
+        assert metrics.ELIGIBLE_APPROVERS.labels("payments")._value.get() == expected
