@@ -62,3 +62,15 @@ def test_audit_refuses_contradicting_flags(kube, cg):
     assert cg("dana", "audit", "--to", "2026-11-01").code == 2
     bad = cg("dana", "audit", "--from", "yesterday")
     assert bad.code == 2 and "is not a date" in bad.err
+
+
+def test_audit_judges_overdue_reviews_by_the_published_review_deadline(kube, cg):
+    seed(kube)
+    owed = json.loads(cg("dana", "audit", "-A", "-o", "json").out)["reviewsOwed"]
+    assert [o["overdue"] for o in owed] == [True, False]  # the default 24h
+    info = kube.get("configmaps", "changegate", "changegate-info")
+    info["data"]["reviewDeadline"] = "4d"
+    kube.put(info)
+    owed = json.loads(cg("dana", "audit", "-A", "-o", "json").out)["reviewsOwed"]
+    assert [o["overdue"] for o in owed] == [False, False]
+    assert owed[0]["deadline"] == "2026-12-01T03:00:00Z"

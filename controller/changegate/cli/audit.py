@@ -11,7 +11,7 @@ import click
 
 from changegate.cli.workflow_common import Session, kube_options
 from changegate.core.errors import ChangeGateError
-from changegate.core.policy import Policy, parse_duration
+from changegate.core.policy import parse_duration
 from changegate.workflow.audit import Period, build_report, parse_moment, read_approvals
 from changegate.workflow.audit_render import render_csv, render_html, render_table
 from changegate.workflow.site import load_trust
@@ -63,10 +63,9 @@ def audit(session: Session, all_namespaces: bool, since: str | None, start: str 
     trust, why = load_trust(api, session.controller_namespace)
     if trust is None:
         click.echo(f"note: {why}: senior approvers are not marked", err=True)
-    policy = session.site.policy or Policy()
     report = build_report(items, period=period, now=now,
                           seniors=trust.seniors() if trust is not None else frozenset(),
-                          review_deadline=policy.reviewDeadline)
+                          review_deadline=session.site.review_deadline)
     if output == "json":
         text = json.dumps(report, indent=2) + "\n"
     elif output == "csv":
