@@ -32,6 +32,7 @@ from changegate.core.policy import ExemptWriter, NamespaceSettings, Policy, name
 from changegate.core.review import AdmissionRequest
 from changegate.core.senior import (
     automation_in_trust,
+    automation_key,
     automation_users,
     declaration_problem,
     senior_problem,
@@ -269,15 +270,14 @@ def _manifest_digest(obj: ApprovalObject, policy: Policy, autoscaled: bool, ctx:
 def _verified(obj: ApprovalObject, snap: Snapshot, policy: Policy, ctx: Context
               ) -> VerifiedApproval:
     assert snap.trust is not None
-    automation = automation_users(policy)
     key = (obj.namespace, obj.name, obj.uid, obj.resource_version, snap.trust.version,
-           str(policy.allowServiceAccountApprovers), ",".join(sorted(automation)))
+           str(policy.allowServiceAccountApprovers), automation_key(policy))
     cacheable = bool(obj.uid and obj.resource_version)
     found = ctx.memo.get(key) if cacheable else None
     if found is None:
         found = verify_approval(obj.namespace, obj.spec, snap.trust,
                                 allow_service_accounts=policy.allowServiceAccountApprovers,
-                                automation=automation)
+                                automation=automation_users(policy))
         if cacheable:
             ctx.memo.put(key, found)
     return found

@@ -8,6 +8,8 @@ the webhook, `changegate check`, the operator and the CLI give one answer.
 
 from __future__ import annotations
 
+import functools
+
 from changegate.core.approval import Problem
 from changegate.core.policy import Policy
 from changegate.core.statement import Statement
@@ -19,7 +21,23 @@ MAX_NAMES = 8
 
 
 def automation_users(policy: Policy) -> frozenset[str]:
-    return frozenset(policy.automation.users)
+    return _as_set(policy.automation.users)
+
+
+def automation_key(policy: Policy) -> str:
+    """The automation users as one string, for memo keys (verification depends on them)."""
+    return _joined(policy.automation.users)
+
+
+# Asked on every admission; the policy's tuple is the same object until the policy changes.
+@functools.lru_cache(maxsize=64)
+def _as_set(users: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(users)
+
+
+@functools.lru_cache(maxsize=64)
+def _joined(users: tuple[str, ...]) -> str:
+    return ",".join(sorted(users))
 
 
 def why_senior(policy: Policy, statement: Statement, applier: str | None = None,
