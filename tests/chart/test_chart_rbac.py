@@ -125,7 +125,9 @@ def test_every_authenticated_user_may_read_changegate_info_and_nothing_else():
     assert info == {"clusterName": "prod-eu-1", "requiredApprovals": "2",
                     "maxApprovalLifetime": "24h", "version": "0.1.0",
                     # the digest rules, so requesters compute the webhook's digest
-                    "ignoredAnnotations": "", "ignoredLabels": ""}
+                    "ignoredAnnotations": "", "ignoredLabels": "",
+                    # SPEC §6a and §10: request asks for --assisted; audit's overdue reviews
+                    "requireAssistanceDeclaration": "false", "reviewDeadline": "24h"}
 
 
 # --- changegate-tier1-editor (SPEC §11) --------------------------------------------

@@ -20,7 +20,8 @@ SPEC_POLICY_KEYS = {
     "ignoredLabels", "autoscaled", "dryRun", "trustedCreators", "policyAdminGroups",
     "scaleExemptUsers", "maxCanaryReplicas", "canaryMinApprovals", "requireImageDigests",
     "allowServiceAccountApprovers", "reviewDeadline", "atomicRecords", "exemptWriters",
-    "restartWriters", "restartAnnotations", "approvalRetention",
+    "restartWriters", "restartAnnotations", "approvalRetention", "automation",
+    "seniorApprovals", "requireAssistanceDeclaration",
 }
 
 
@@ -127,6 +128,9 @@ def test_policy_values_are_exactly_the_spec_keys_with_the_spec_defaults():
     assert (defaults["enforcement"], defaults["dryRun"]) == ("deny", "warn")
     assert defaults["atomicRecords"] is True
     assert defaults["requireImageDigests"] is False
+    assert defaults["automation"] == {"users": [], "groups": []}
+    assert defaults["seniorApprovals"] == 1
+    assert defaults["requireAssistanceDeclaration"] is False
 
 
 def test_policy_configmap_renders_the_policy_values_verbatim():

@@ -317,8 +317,14 @@ class FakeKube:
                  if p == plural and (ns is None or n == ns)
                  and all((o["metadata"].get("labels") or {}).get(k) == v
                          for k, v in selector.items())]
-        return {"apiVersion": api_version, "kind": f"{kind}List",
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        meta: dict[str, Any] = {"resourceVersion": str(self.rv)}
+        if request.query.get("limit"):  # paging as the API server does it (an opaque token)
+            start, size = int(request.query.get("continue") or 0), int(request.query["limit"])
+            if start + size < len(items):
+                meta["continue"] = str(start + size)
+            items = items[start:start + size]
+        return {"apiVersion": api_version, "kind": f"{kind}List", "metadata": meta,
+                "items": items}
 
     async def _resource(self, request: web.Request, user: str, plural: str, api_version: str,
                         kind: str, ns: str, name: str | None) -> tuple[Any, list[str], int]:

@@ -165,3 +165,22 @@ def test_every_command_has_help():
     for name in ("check", "verify", "keygen"):
         assert cg(name, "--help").returncode == 0
     assert len(COMMANDS) >= 17
+
+
+def test_check_decides_the_senior_rule_offline(files):
+    """SPEC §6a through `check`: an ai change by two non-seniors is denied, a senior admits."""
+    entries = yaml.safe_load(trust_yaml())["approvers"]
+    for entry in entries:
+        entry["senior"] = entry["name"] == "erin"
+    (files / "trust.yaml").write_text(yaml.safe_dump({"approvers": entries}))
+    review = fixture("deployment-update")
+    args = ["check", "--review", str(FIXTURES / "deployment-update.json"), "--trust",
+            str(files / "trust.yaml"), *NOW, "--output", "json"]
+    (files / "ai.yaml").write_text(yaml.safe_dump(sign(approval_for(review, assistance="ai"),
+                                                       "bob", "carol")))
+    denied = cg(*args, "--approval", str(files / "ai.yaml"))
+    assert denied.returncode == 1, denied.stdout + denied.stderr
+    assert json.loads(denied.stdout)["reason"] == "senior_approval_required"
+    (files / "ai.yaml").write_text(yaml.safe_dump(sign(approval_for(review, assistance="ai"),
+                                                       "bob", "erin")))
+    assert cg(*args, "--approval", str(files / "ai.yaml")).returncode == 0

@@ -46,6 +46,7 @@ import yaml
 from tests.chart.rendering import NAMESPACE as CONTROLLER
 from tests.chart.rendering import ci_values, merged, objects, one
 from tests.cluster import (
+    GITOPS_USER,
     free_port,
     probe_configmap,
     register_webhook,
@@ -58,6 +59,8 @@ CLUSTER_NAME = "e2e-stories"
 POLICY_ADMINS = "platform-admins"
 BREAK_GLASS_GROUP = "sre-oncall"  # dana's group (tests/cluster USERS)
 APPROVERS = ("bob", "carol")
+# SPEC §6a: dana (on call) is also a senior approver; the GitOps controller is automation.
+SENIORS = ("dana",)
 HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
 WEBHOOK_SA, OPERATOR_SA = "changegate-webhook", "changegate-operator"
 # The last line of every denial (SPEC §5).
@@ -162,7 +165,8 @@ class Gate:
     def values(self, approvers: list[dict[str, Any]]) -> dict[str, Any]:
         return merged(ci_values()["default-values.yaml"], {
             "policy": {"clusterName": CLUSTER_NAME, "policyAdminGroups": [POLICY_ADMINS],
-                       "breakGlassGroups": [BREAK_GLASS_GROUP]},
+                       "breakGlassGroups": [BREAK_GLASS_GROUP],
+                       "automation": {"users": [GITOPS_USER]}},
             "trustStore": {"approvers": approvers},
             "webhook": {"externalURL": f"https://127.0.0.1:{self.port}",
                         "caBundle": base64.b64encode(self.cluster.ca.pair.cert_pem()).decode()},
@@ -172,12 +176,15 @@ class Gate:
         """Each approver makes a key with `changegate keygen` and hands in the entry it
         prints; the trust store is those entries."""
         entries = []
-        for name in APPROVERS:
+        for name in (*APPROVERS, *SENIORS):
             path = self.work / f"{name}.key"
             proc = subprocess.run(
                 [sys.executable, "-m", "changegate", "keygen", "--name", name, "--out",
                  str(path)], capture_output=True, text=True, timeout=60, check=True)
-            entries.extend(yaml.safe_load(proc.stdout)["approvers"])
+            printed = yaml.safe_load(proc.stdout)["approvers"]
+            for entry in printed:
+                entry["senior"] = name in SENIORS  # what the administrator adds by hand
+            entries.extend(printed)
             self.keys[name] = path
         return entries
 
@@ -239,6 +246,18 @@ class Gate:
                            "name": "dana"},
                           {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                            "name": POLICY_ADMINS}]},
+            # The senior approver reads the trust store (public keys and names), so
+            # `changegate approve` can tell them theirs is the signature a change waits for.
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "stories-trust-reader", "namespace": CONTROLLER},
+             "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                        "resourceNames": ["changegate-trust"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "stories-trust-reader", "namespace": CONTROLLER},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                         "name": "stories-trust-reader"},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                           "name": name} for name in SENIORS]},
         ]
 
     def _token_kubeconfig(self, sa: str) -> Path:

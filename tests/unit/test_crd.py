@@ -51,8 +51,8 @@ SPEC_STRATEGIES = ["direct", "canary"]
 SPEC_PHASES = ["Pending", "Approved", "Applied", "Expired", "Rejected", "CanaryRunning",
                "CanaryFailed", "Promoted", "ReviewOwed", "Reviewed"]
 SPEC_FIELDS = ["cluster", "target", "operation", "fromDigest", "toDigest", "changeRecord",
-               "requestedBy", "issuedAt", "expiresAt", "rollout", "manifest", "statement",
-               "signatures"]
+               "requestedBy", "issuedAt", "expiresAt", "rollout", "assistance", "manifest",
+               "statement", "signatures"]
 DIGEST_PATTERN = "^(none|sha256:[0-9a-f]{64})$"
 MAX_STATEMENT_BYTES = 16 * 1024
 MAX_SIGNATURES = 16
@@ -310,6 +310,7 @@ def test_enums_are_exactly_those_of_spec_section_4() -> None:
     assert schema_at("spec.target.apiVersion")["enum"] == ["apps/v1", "v1"]
     assert schema_at("spec.rollout.strategy")["enum"] == SPEC_STRATEGIES
     assert schema_at("status.phase")["enum"] == SPEC_PHASES
+    assert schema_at("spec.assistance")["enum"] == ["none", "ai"]  # SPEC §6a, optional
 
 
 def test_spec_has_every_field_of_spec_section_4_and_no_other() -> None:
@@ -317,7 +318,8 @@ def test_spec_has_every_field_of_spec_section_4_and_no_other() -> None:
     assert set(SCHEMA["required"]) == {"spec"}
     # manifest is required only for CREATE and UPDATE (a CEL rule), and signatures
     # default to [] (a request starts unsigned).
-    assert set(SPEC_SCHEMA["required"]) == set(SPEC_FIELDS) - {"manifest", "signatures"}
+    assert set(SPEC_SCHEMA["required"]) == set(SPEC_FIELDS) - {"manifest", "signatures",
+                                                                "assistance"}
     assert "has(self.manifest) == (self.operation != 'DELETE')" in rules(SPEC_SCHEMA)
 
 
@@ -726,7 +728,9 @@ IMMUTABLE: list[tuple[str, Mutation]] = [
 
 
 def test_every_immutable_field_has_an_update_case() -> None:
-    assert sorted(f for f, _ in IMMUTABLE) == sorted(set(SPEC_FIELDS) - {"signatures"})
+    # assistance is optional, so its case starts from an object that has it (below).
+    assert sorted(f for f, _ in IMMUTABLE) == sorted(set(SPEC_FIELDS) - {"signatures",
+                                                                         "assistance"})
 
 
 @pytest.mark.parametrize(("field", "mutate"), IMMUTABLE, ids=[f for f, _ in IMMUTABLE])
@@ -735,6 +739,21 @@ def test_cel_refuses_to_change_after_creation(field: str, mutate: Mutation) -> N
     new = copy.deepcopy(old)
     mutate(new["spec"])
     assert f".spec.{field}: {field} is immutable" in cel_violations(new, old=old)
+
+
+def test_cel_refuses_to_change_or_drop_a_declared_assistance() -> None:
+    old = example("UPDATE")
+    old["spec"]["assistance"] = "ai"
+    changed = copy.deepcopy(old)
+    changed["spec"]["assistance"] = "none"
+    assert ".spec.assistance: assistance is immutable" in cel_violations(changed, old=old)
+    dropped = copy.deepcopy(old)
+    del dropped["spec"]["assistance"]
+    added = example("UPDATE")
+    added["spec"]["assistance"] = "ai"
+    removed = ".spec.assistance: assistance is immutable (it may not be added or removed)"
+    assert removed in cel_violations(dropped, old=old)
+    assert removed in cel_violations(added, old=example("UPDATE"))
 
 
 def test_cel_refuses_to_remove_the_manifest_of_an_update() -> None:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "be admitted now."),
     "list": ("changegate.cli.workflow", "list_", "List ChangeApprovals."),
     "status": ("changegate.cli.workflow", "status", "Explain what a ChangeApproval still needs."),
+    "audit": ("changegate.cli.audit", "audit", "The record of a period's tier-1 changes."),
     "whoami": ("changegate.cli.admin", "whoami", "The username the API server sees."),
     "break-glass": ("changegate.cli.admin", "break_glass", "The on-call path, loud and recorded."),
     "canary": ("changegate.cli.admin", "canary", "Canary runs (abort)."),

@@ -5,6 +5,7 @@ command; these do the rest.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from datetime import timedelta
 from typing import Any
@@ -41,6 +42,8 @@ from changegate.workflow.writes import (
     SERVER_SIDE,
     denials,
 )
+
+ASSISTANCE = ("none", "ai")
 
 __all__ = ["apply_", "approve", "list_", "preflight", "request", "status"]
 
@@ -89,11 +92,14 @@ def write_options(func: Any) -> Any:
 @click.option("-l", "--selector", help="Label selector for --prune.")
 @click.option("--restart", "restart_target", metavar="deployment/NAME",
               help="Request a restart of the live Deployment at a fixed time.")
+@click.option("--assisted", type=click.Choice(ASSISTANCE),
+              help="Declare whether the change was written with AI assistance (signed; an ai "
+                   "change needs a senior approver). Asked for when the policy requires it.")
 @kube_options
 def request(session: Session, files: tuple[str, ...], record: str, url: str | None,
             lifetime: int, canary: bool, canary_replicas: int, bake: int, server_side: bool,
             field_manager: str, force_conflicts: bool, as_returned: bool, prune: bool,
-            selector: str | None, restart_target: str | None) -> None:
+            selector: str | None, restart_target: str | None, assisted: str | None) -> None:
     """Request approval for the changes in FILES (or a restart), under one change record."""
     mode = mode_of(server_side, as_returned)
     if bool(files) == bool(restart_target):
@@ -104,6 +110,7 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
     if lifetime > site.max_lifetime:
         raise ChangeGateError(f"--expires {timedelta(seconds=lifetime)} is over the cluster's "
                               f"maxApprovalLifetime {timedelta(seconds=site.max_lifetime)}")
+    assisted = assisted or ask_assistance(site.require_assistance)
     user, now = api.whoami()
     if restart_target:
         plan = plan_restart(api, site, session.namespace, restart_target, now)
@@ -130,21 +137,41 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
                    "canary": {"replicas": canary_replicas, "bakeSeconds": bake}}
     created = create_approvals(api, site, plan, record=record, url=url, user=user, now=now,
                                lifetime=timedelta(seconds=lifetime), rollout=rollout,
-                               mode=mode, field_manager=field_manager)
+                               mode=mode, field_manager=field_manager, assistance=assisted)
     expires = (now + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    declared = f", assistance {assisted}" if assisted else ""
     click.echo(f"requested by {user} under {record} for cluster {site.cluster or chr(34) * 2}, "
-               f"valid until {expires}:")
+               f"valid until {expires}{declared}:")
     rows = [[f"changeapproval/{name}", change.operation, change.target,
              f"{change.from_digest[:19]} -> {change.to_digest[:19]}"] for name, change in created]
     click.echo(textwrap.indent(table(["APPROVAL", "OP", "TARGET", "DIGESTS"], rows), "  "),
                nl=False)
-    click.echo(f"next: {site.required} approvers other than {user} run:")
+    senior = " (one of them senior: the change is AI-assisted)" if assisted == "ai" else ""
+    click.echo(f"next: {site.required} approvers other than {user}{senior} run:")
     for ns in sorted({c.namespace for _, c in created}):
         click.echo(f"  changegate approve --record {record} -n {ns} --key <KEY>")
     click.echo("then apply: " + "; ".join(
         f"changegate apply {n} -n {c.namespace}" for n, c in created[:3])
         + (" ..." if len(created) > 3 else "")
         + (" (or your usual kubectl apply / helm upgrade)" if mode != RESTART else ""))
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def ask_assistance(required: bool) -> str | None:
+    """SPEC §6a: where the policy requires a declaration, ask on a terminal; elsewhere (CI,
+    a pipe) refuse rather than guess, so nobody declares "none" by accident."""
+    if not required:
+        return None
+    if not interactive():
+        raise ChangeGateError("the cluster's policy requires a declaration of AI assistance "
+                              "(requireAssistanceDeclaration): add --assisted none or "
+                              "--assisted ai")
+    answer: str = click.prompt("Was this change written with AI assistance? (none | ai)",
+                               type=click.Choice(ASSISTANCE), err=True)
+    return answer
 
 
 @click.command("apply")

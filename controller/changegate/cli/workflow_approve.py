@@ -20,12 +20,13 @@ from changegate.cli.workflow_common import (
     kube_options,
     load_signing_key,
 )
-from changegate.core.approval import manifest_digest
+from changegate.core.approval import manifest_digest, verify_approval
 from changegate.core.compose import statement_bytes
 from changegate.core.digest import DEFAULT_RULES
 from changegate.core.dsse import PAYLOAD_TYPE, PrivateKey, b64decode, pae, sign_envelope
 from changegate.core.errors import ChangeGateError
-from changegate.core.policy import load_policy
+from changegate.core.policy import Policy, load_policy
+from changegate.core.senior import automation_users, senior_problem, why_senior
 from changegate.core.statement import Statement
 from changegate.core.trust import TrustStore
 from changegate.files import load_documents, read_text
@@ -91,6 +92,28 @@ def key_problems(key: PrivateKey, trust: TrustStore | None, st: Statement, signe
     elif not owner.may_approve_in(p.target.namespace):
         problems.append(f"{owner.name} may not approve in namespace {p.target.namespace}")
     return problems
+
+
+def senior_note(policy: Policy, trust: TrustStore | None, review: Review, signer: str) -> str:
+    """SPEC §6a, for the person about to sign: whether the change waits for a senior
+    signature, and whether theirs is it."""
+    if trust is None:
+        return ""
+    m = meta(review.obj)
+    verified = verify_approval(str(m.get("namespace", "")), review.obj.get("spec") or {},
+                               trust, allow_service_accounts=policy.allowServiceAccountApprovers,
+                               automation=automation_users(policy))
+    waiting = senior_problem(policy, trust, review.statement, verified.approvers)
+    if waiting is None:
+        return ""
+    why = why_senior(policy, review.statement)
+    if signer in trust.seniors() and signer not in policy.automation.users:
+        after = senior_problem(policy, trust, review.statement, verified.approvers | {signer})
+        if after is None:
+            return (f"{why}: yours is the senior signature this change waits for "
+                    "(you are senior in the trust store)")
+        return f"{why}: yours counts as a senior signature; still short after it: {after.detail}"
+    return f"{why}, and still waits for a senior signature (yours is not one): {waiting.detail}"
 
 
 def _review(session: Session, obj: dict[str, Any], key: PrivateKey, trust: TrustStore | None,
@@ -174,6 +197,11 @@ def _approve_cluster(session: Session, name: str | None, record: str | None, key
         return
     click.echo("checks passed: each manifest has its toDigest, each live object is at its "
                "fromDigest, a dry-run still produces toDigest")
+    policy = session.site.policy or Policy()
+    for r in todo:
+        note = senior_note(policy, trust, r, signer)
+        if note:
+            click.echo(f"{r.label}: {note}")
     if not yes and not click.confirm(f"Sign {len(todo)} ChangeApproval(s) as {signer} "
                                      f"(key {key.public.keyid[:19]}...)?", err=True):
         raise ChangeGateError("not signed")

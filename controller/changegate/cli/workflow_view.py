@@ -25,7 +25,7 @@ from changegate.workflow.approvals import (
     statement_of,
 )
 from changegate.workflow.request import place, read_documents
-from changegate.workflow.show import age, expires, table
+from changegate.workflow.show import age, assistance_label, expires, table
 from changegate.workflow.site import load_trust
 from changegate.workflow.writes import (
     CLIENT_SIDE,
@@ -207,6 +207,7 @@ def status(session: Session, name: str, output: str) -> None:
         f"Record:        {p.changeRecord.id}" + (f" {p.changeRecord.url}" if p.changeRecord.url
                                                  else ""),
         f"Requested by:  {p.requestedBy} at {p.issuedAt}",
+        f"Assistance:    {assistance_label(st)}",
         f"Expires:       {p.expiresAt} ({expires(p.expiresAt, now)})",
         f"Phase:         {_phase(obj, now)}",
         f"Approvals:     {len(state.approvers)}/{state.required} "

@@ -27,9 +27,11 @@ from changegate.core.trust import TrustStore
 MAX_SIGNATURES = 16
 MAX_STATEMENT_B64 = 21848  # 16 KiB of bytes, base64-encoded with padding
 CLOCK_SKEW = timedelta(seconds=60)
+# Problems that only leave a signature uncounted; they block nothing by themselves.
+UNCOUNTED = ("approver_duplicate", "self_approval", "automation_approver")
 # CR spec fields that must equal the statement's (the statement is what was signed).
 SPEC_FIELDS = ("cluster", "operation", "fromDigest", "toDigest", "changeRecord",
-               "requestedBy", "issuedAt", "expiresAt", "rollout")
+               "requestedBy", "issuedAt", "expiresAt", "rollout", "assistance")
 
 
 class Problem:
@@ -100,8 +102,10 @@ def _normal(value: Any) -> Any:
 
 
 def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustStore, *,
-                    allow_service_accounts: bool) -> VerifiedApproval:
-    """Verify first, then parse the verified bytes. Never raises."""
+                    allow_service_accounts: bool, automation: frozenset[str] = frozenset()
+                    ) -> VerifiedApproval:
+    """Verify first, then parse the verified bytes. Never raises. ``automation``: the
+    policy's automation users, whose signatures never count as approvals (SPEC §6a)."""
     problems: list[Problem] = []
     results: list[str] = []
     try:
@@ -154,6 +158,12 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
                                     f"{name} is a service account; the policy refuses those "
                                     "as approvers"))
             signers[name] = "service-account"
+        elif name in automation:
+            # Ignored, not spoiling: the humans' signatures on the same approval still count.
+            problems.append(Problem("automation_approver",
+                                    f"{name} is an automation identity (policy automation); "
+                                    "it never counts as an approver"))
+            signers[name] = "automation"
     if not signers:
         return VerifiedApproval(None, frozenset(), frozenset(), tuple(problems), tuple(results),
                                 unverified=_unverified(payload, spec, obj_namespace))
@@ -251,8 +261,7 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
         phase: str, name: str) -> Fit:
     """Every rule of SPEC §4 that depends on the request, the clock or the ledger."""
     result = Fit(name)
-    result.problems.extend(p for p in verified.problems
-                           if p.code not in ("approver_duplicate", "self_approval"))
+    result.problems.extend(p for p in verified.problems if p.code not in UNCOUNTED)
     st = verified.statement or verified.unverified
     if st is None:
         if not result.problems:
@@ -295,8 +304,7 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     approvers = verified.approvers - {change.applier}
     result.approvers = approvers
     if len(approvers) < required:
-        excluded = [q for q in verified.problems
-                    if q.code in ("approver_duplicate", "self_approval")]
+        excluded = [q for q in verified.problems if q.code in UNCOUNTED]
         if change.applier in verified.approvers:
             excluded.insert(0, Problem("applier_approval", f"{change.applier} applies this "
                                                            "change and cannot also approve it"))

@@ -27,8 +27,8 @@ def change_approval(*, namespace: str, name: str, cluster: str, target: Mapping[
                     operation: str, from_digest: str, to_digest: str, record_id: str,
                     record_url: str | None, requested_by: str, issued_at: datetime,
                     expires_at: datetime, manifest: Mapping[str, Any] | None,
-                    rollout: Mapping[str, Any] | None = None, nonce: str | None = None
-                    ) -> dict[str, Any]:
+                    rollout: Mapping[str, Any] | None = None, nonce: str | None = None,
+                    assistance: str | None = None) -> dict[str, Any]:
     """An unsigned ChangeApproval whose spec fields equal its statement's."""
     record: dict[str, str] = {"id": record_id}
     if record_url:
@@ -37,7 +37,8 @@ def change_approval(*, namespace: str, name: str, cluster: str, target: Mapping[
     statement = build_statement(
         cluster=cluster, target=full_target, operation=operation, from_digest=from_digest,
         to_digest=to_digest, change_record=record, requested_by=requested_by,
-        issued_at=issued_at, expires_at=expires_at, rollout=rollout, nonce=nonce)
+        issued_at=issued_at, expires_at=expires_at, rollout=rollout, nonce=nonce,
+        assistance=assistance)
     spec: dict[str, Any] = {
         "cluster": cluster,
         "target": dict(target),
@@ -52,6 +53,8 @@ def change_approval(*, namespace: str, name: str, cluster: str, target: Mapping[
         "statement": base64.b64encode(statement).decode("ascii"),
         "signatures": [],
     }
+    if assistance is not None:
+        spec["assistance"] = assistance
     if manifest is not None:
         spec["manifest"] = dict(manifest)
     return {"apiVersion": API_VERSION, "kind": "ChangeApproval",

@@ -14,6 +14,7 @@ from typing import Any
 
 from changegate.core import guards
 from changegate.core.approval import (
+    UNCOUNTED,
     Change,
     Fit,
     Problem,
@@ -29,6 +30,13 @@ from changegate.core.digest import ABSENT, digest
 from changegate.core.errors import NotCanonicalError
 from changegate.core.policy import ExemptWriter, NamespaceSettings, Policy, namespace_settings
 from changegate.core.review import AdmissionRequest
+from changegate.core.senior import (
+    automation_in_trust,
+    automation_key,
+    automation_users,
+    declaration_problem,
+    senior_problem,
+)
 from changegate.core.snapshot import ApprovalObject, Snapshot
 from changegate.core.trust import TrustStore
 from changegate.core.verdict import Decision, Verdict
@@ -110,7 +118,12 @@ def namespace_gate(snap: Snapshot, policy: Policy, trust: TrustStore,
         settings = namespace_settings(policy, dict(ns.annotations))
         warnings = [f"changegate: {n}" for n in settings.notes]
         eligible = trust.eligible_approvers(
-            namespace, allow_service_accounts=policy.allowServiceAccountApprovers)
+            namespace, allow_service_accounts=policy.allowServiceAccountApprovers,
+            automation=automation_users(policy))
+        # SPEC §6a: an automation identity's trust-store entry is ignored, and says so.
+        warnings.extend(f"changegate: trust-store approver {name} is an automation identity "
+                        "(policy automation) and is ignored as an approver"
+                        for name in automation_in_trust(policy, trust, namespace))
         if len(eligible) < settings.required_approvals:
             warnings.append(f"changegate: namespace {namespace} has {len(eligible)} eligible "
                             f"approvers; {settings.required_approvals} are required")
@@ -160,6 +173,10 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         verdict.warnings.append(f"changegate: BREAK-GLASS by {req.username}: {reason[:120]}"
                                 " (recorded; a review is owed)")
         return verdict.set_allow("break_glass", f"break-glass: {reason}")
+    if policy.is_automation(req.username, req.groups) and guards.carries_break_glass(req):
+        verdict.warnings.append(f"changegate: {req.username} is an automation identity: "
+                                "break-glass is not for automation (SPEC §6a); an approval "
+                                "is needed")
     if scale_down:
         return verdict.set_deny("scale_down", guards.SCALE_DOWN_HELP)
     if kind == "Deployment" and settings.mode == "canary" and (
@@ -175,7 +192,8 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
     change = Change(api_version=req.api_version, kind=kind, namespace=req.namespace,
                     name=req.name, uid=req.live_uid, operation=req.operation,
                     from_digest=old, to_digest=new, applier=req.username)
-    winner, fits = _find_approval(change, snap, policy, settings, now, ctx, autoscaled)
+    winner, fits = _find_approval(change, req.groups, snap, policy, settings, now, ctx,
+                                  autoscaled)
     verdict.signature_results = tuple(r for f in fits for r in f[1].signature_results)
     if winner is not None:
         verdict.approval, verdict.approvers = winner.approval, winner.approvers
@@ -199,8 +217,8 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
     return verdict
 
 
-def _find_approval(change: Change, snap: Snapshot, policy: Policy, settings: NamespaceSettings,
-                   now: datetime, ctx: Context, autoscaled: bool
+def _find_approval(change: Change, groups: frozenset[str], snap: Snapshot, policy: Policy,
+                   settings: NamespaceSettings, now: datetime, ctx: Context, autoscaled: bool
                    ) -> tuple[Fit | None, list[tuple[Fit, VerifiedApproval]]]:
     fits: list[tuple[Fit, VerifiedApproval]] = []
     for obj in snap.approvals_in(change.namespace):
@@ -208,13 +226,15 @@ def _find_approval(change: Change, snap: Snapshot, policy: Policy, settings: Nam
             continue
         verified = _verified(obj, snap, policy, ctx)
         result = _fit(obj, verified, change, snap, policy, settings, now)
+        _add_senior_rules(result, verified, change.applier, groups, snap, policy)
         if result.ok and change.operation != "DELETE":
             got = _manifest_digest(obj, policy, autoscaled, ctx)
             if got != change.to_digest:
                 result.problems.append(Problem(
                     "manifest_mismatch", f"approval {obj.name}'s manifest is not what it signed"))
         if result.ok and policy.atomicRecords:
-            held = _record_holds(obj, result.record, snap, policy, settings, now, ctx)
+            held = _record_holds(obj, result.record, snap, policy, settings, now, ctx,
+                                 change.applier, groups)
             if held:
                 result.problems.append(Problem("record_incomplete", held))
         fits.append((result, verified))
@@ -240,12 +260,13 @@ def _verified(obj: ApprovalObject, snap: Snapshot, policy: Policy, ctx: Context
               ) -> VerifiedApproval:
     assert snap.trust is not None
     key = (obj.namespace, obj.name, obj.uid, obj.resource_version, snap.trust.version,
-           str(policy.allowServiceAccountApprovers))
+           str(policy.allowServiceAccountApprovers), automation_key(policy))
     cacheable = bool(obj.uid and obj.resource_version)
     found = ctx.memo.get(key) if cacheable else None
     if found is None:
         found = verify_approval(obj.namespace, obj.spec, snap.trust,
-                                allow_service_accounts=policy.allowServiceAccountApprovers)
+                                allow_service_accounts=policy.allowServiceAccountApprovers,
+                                automation=automation_users(policy))
         if cacheable:
             ctx.memo.put(key, found)
     return found
@@ -259,8 +280,25 @@ def _fit(obj: ApprovalObject, verified: VerifiedApproval, change: Change, snap: 
                name=obj.name)
 
 
+def _add_senior_rules(result: Fit, verified: VerifiedApproval, applier: str,
+                      groups: frozenset[str], snap: Snapshot, policy: Policy) -> None:
+    """SPEC §6a on top of fit(): the declaration the policy may require, and the senior
+    signature an AI-assisted or automation change needs among its counted approvers."""
+    st = verified.statement
+    if st is None or snap.trust is None:
+        return
+    declared = declaration_problem(policy, st)
+    if declared is not None:
+        result.problems.insert(0, declared)
+    senior = senior_problem(policy, snap.trust, st, result.approvers, applier=applier,
+                            groups=groups)
+    if senior is not None:
+        result.problems.append(senior)
+
+
 def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: Policy,
-                  settings: NamespaceSettings, now: datetime, ctx: Context) -> str:
+                  settings: NamespaceSettings, now: datetime, ctx: Context, applier: str,
+                  groups: frozenset[str]) -> str:
     """SPEC §4 rule 6: a release goes in whole. Names the first sibling that is not ready."""
     for other in snap.approvals_in(winner.namespace):
         if (other.uid == winner.uid and other.name == winner.name) or other.record_id != record:
@@ -272,11 +310,16 @@ def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: P
         if st is None:
             return f"{other.name} under the same change record {record} is not valid yet"
         problems: list[Problem] = [q for q in verified.problems
-                                   if q.code not in ("approver_duplicate", "self_approval")]
+                                   if q.code not in UNCOUNTED]
         add_time_problems(st, now, policy.maxApprovalLifetime, problems.append)
         if len(verified.approvers) < settings.required_approvals:
             problems.append(Problem("approvals_insufficient",
                                     f"{len(verified.approvers)}/{settings.required_approvals}"))
+        assert snap.trust is not None
+        extra = [declaration_problem(policy, st),
+                 senior_problem(policy, snap.trust, st, verified.approvers - {applier},
+                                applier=applier, groups=groups)]
+        problems.extend(q for q in extra if q is not None)
         if problems:
             return (f"{other.name} under the same change record {record} is not complete "
                     f"({problems[0].detail}); the release goes in whole or not at all")

@@ -32,6 +32,7 @@ from changegate.core.policy import (
     namespace_settings,
 )
 from changegate.core.review import AdmissionRequest
+from changegate.core.senior import declaration_problem
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, Snapshot
 from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import load_trust_store
@@ -72,6 +73,13 @@ def is_break_glass(req: AdmissionRequest, snap: Snapshot) -> bool:
         groups.update(snap.policy.breakGlassGroups)
     if not req.groups.intersection(groups):
         return False
+    if snap.policy is not None and snap.policy.is_automation(req.username, req.groups):
+        return False  # SPEC §6a: automation never breaks glass, whatever its groups
+    return carries_break_glass(req)
+
+
+def carries_break_glass(req: AdmissionRequest) -> bool:
+    """The write adds or changes a non-empty break-glass annotation."""
     new = _annotations(req.object).get(BREAK_GLASS)
     old = _annotations(req.old_object).get(BREAK_GLASS)
     return isinstance(new, str) and bool(new.strip()) and new != old
@@ -217,13 +225,20 @@ def _policy_loosened(old: Policy, new: Policy) -> bool:
         o.atomicRecords and not n.atomicRecords,
         n.maxCanaryReplicas > o.maxCanaryReplicas,
         n.canaryMinApprovals < o.canaryMinApprovals,
+        # SPEC §6a: fewer identities held to a senior signature, fewer seniors asked for.
+        grew(n.automation.users + n.automation.groups,
+             o.automation.users + o.automation.groups),
+        n.seniorApprovals < o.seniorApprovals,
+        o.requireAssistanceDeclaration and not n.requireAssistanceDeclaration,
     ))
 
 
 def _trust_grants(text: str) -> set[tuple[str, str, str, str]]:
+    # `senior` is a grant of its own: making someone senior lets one signature do more.
     store = load_trust_store(text)
-    return {(e.name, e.role, ns, k.key.keyid) for k in store.trusted_keys() for e in [k.approver]
-            for ns in e.namespaces}
+    return {(e.name, role, ns, k.key.keyid) for k in store.trusted_keys() for e in [k.approver]
+            for ns in e.namespaces
+            for role in ((e.role, "senior") if e.senior else (e.role,))}
 
 
 def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
@@ -362,6 +377,9 @@ def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
     if wrong:
         return Verdict.deny("spec_statement_mismatch",
                             "fields differ from the statement: " + ", ".join(wrong))
+    undeclared = declaration_problem(policy, st)
+    if undeclared is not None:
+        return Verdict.deny(undeclared.code, undeclared.detail)
     p = st.predicate
     if not re.fullmatch(policy.changeRecordPattern, p.changeRecord.id):
         return Verdict.deny("change_record_invalid", f"change record {p.changeRecord.id!r} does "

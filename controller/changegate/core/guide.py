@@ -21,6 +21,12 @@ def next_step(code: str, req: AdmissionRequest, v: Verdict) -> str:
         case "approvals_insufficient":
             return (f"ask another approver: changegate approve {approval} -n {ns} "
                     "(distinct trusted approvers, not the requester or applier)")
+        case "senior_approval_required":
+            return (f"ask a senior approver (senior: true in the trust store): changegate "
+                    f"approve {approval} -n {ns}")
+        case "automation_approver":
+            return (f"automation identities never approve; ask a person: changegate approve "
+                    f"{approval} -n {ns}")
         case "self_approval":
             return f"ask approvers other than yourself: changegate approve {approval} -n {ns}"
         case "approver_duplicate":

@@ -115,6 +115,11 @@ class Policy(BaseModel):
     restartWriters: Identities = Identities()
     restartAnnotations: tuple[str, ...] = ("kubectl.kubernetes.io/restartedAt",)
     approvalRetention: int = 30 * 24 * 3600
+    # SPEC §6a: agents and automation; they never approve, never break glass, and their
+    # changes (and AI-assisted ones) need seniorApprovals senior signatures among the count.
+    automation: Identities = Identities()
+    seniorApprovals: int = Field(default=1, ge=1)
+    requireAssistanceDeclaration: bool = False
 
     @field_validator("maxApprovalLifetime", "reviewDeadline", "approvalRetention", mode="before")
     @classmethod
@@ -136,6 +141,10 @@ class Policy(BaseModel):
 
     def selects(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.tierSelector.items())
+
+    def is_automation(self, user: str, groups: frozenset[str] = frozenset()) -> bool:
+        """An automation identity (SPEC §6a): a listed user, or a member of a listed group."""
+        return self.automation.includes(user, groups)
 
     def is_autoscaled(self, namespace: str, name: str) -> bool:
         return any(w.namespace == namespace and w.name == name for w in self.autoscaled)

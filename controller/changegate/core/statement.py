@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from changegate.core.digest import ABSENT, canonical, hex_of
 from changegate.core.errors import StatementError
@@ -77,6 +77,16 @@ class Predicate(_Strict):
     expiresAt: str
     rollout: Rollout
     nonce: str
+    # SPEC §6a: declared by the requester and signed like the rest; the one optional field.
+    assistance: Literal["none", "ai"] | None = None
+
+    @field_validator("assistance", mode="before")
+    @classmethod
+    def _declared(cls, value: Any) -> Any:
+        # Absent means undeclared; an explicit null is a second spelling of that, refused.
+        if value is None:
+            raise ValueError("must be none or ai when present")
+        return value
 
 
 class SubjectDigest(_Strict):
@@ -209,9 +219,26 @@ def build_statement(
     expires_at: datetime,
     rollout: Mapping[str, Any] | None = None,
     nonce: str | None = None,
+    assistance: str | None = None,
 ) -> bytes:
     """The statement bytes to sign. Canonical JSON, so the same inputs give the same bytes."""
     bound = from_digest if operation == "DELETE" else to_digest
+    predicate: dict[str, Any] = {
+        "digestAlgorithm": DIGEST_ALGORITHM,
+        "cluster": cluster,
+        "target": dict(target),
+        "operation": operation,
+        "fromDigest": from_digest,
+        "toDigest": to_digest,
+        "changeRecord": dict(change_record),
+        "requestedBy": requested_by,
+        "issuedAt": format_time(issued_at),
+        "expiresAt": format_time(expires_at),
+        "rollout": dict(rollout or {"strategy": "direct"}),
+        "nonce": nonce or str(uuid.uuid4()),
+    }
+    if assistance is not None:  # absent, not null: an undeclared statement says nothing
+        predicate["assistance"] = assistance
     doc = {
         "_type": STATEMENT_TYPE,
         "subject": [
@@ -223,20 +250,7 @@ def build_statement(
             }
         ],
         "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "digestAlgorithm": DIGEST_ALGORITHM,
-            "cluster": cluster,
-            "target": dict(target),
-            "operation": operation,
-            "fromDigest": from_digest,
-            "toDigest": to_digest,
-            "changeRecord": dict(change_record),
-            "requestedBy": requested_by,
-            "issuedAt": format_time(issued_at),
-            "expiresAt": format_time(expires_at),
-            "rollout": dict(rollout or {"strategy": "direct"}),
-            "nonce": nonce or str(uuid.uuid4()),
-        },
+        "predicate": predicate,
     }
     raw = canonical(doc)
     parse_statement(raw)  # never hand out bytes our own parser would refuse

@@ -24,6 +24,7 @@ class ApproverEntry(BaseModel):
     name: str = Field(min_length=1)
     role: Literal["approver", "requester"] = "approver"
     namespaces: tuple[str, ...] = ("*",)
+    senior: bool = False  # SPEC §6a: counts as a senior signature
     keys: tuple[str, ...] = Field(min_length=1)
 
     def may_approve_in(self, namespace: str) -> bool:
@@ -50,7 +51,7 @@ class TrustStore:
         self._by_keyid = keys
         self.version = version
         # Per-namespace answers, asked on every admission; the store never changes.
-        self._eligible: dict[tuple[str, bool], frozenset[str]] = {}
+        self._eligible: dict[tuple[str, bool, frozenset[str]], frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self._by_keyid)
@@ -71,9 +72,10 @@ class TrustStore:
                 return trusted
         return None
 
-    def eligible_approvers(self, namespace: str, *, allow_service_accounts: bool
-                           ) -> frozenset[str]:
-        key = (namespace, allow_service_accounts)
+    def eligible_approvers(self, namespace: str, *, allow_service_accounts: bool,
+                           automation: frozenset[str] = frozenset()) -> frozenset[str]:
+        """Who may approve in ``namespace``; automation identities never do (SPEC §6a)."""
+        key = (namespace, allow_service_accounts, automation)
         found = self._eligible.get(key)
         if found is None:
             if len(self._eligible) > 10_000:
@@ -82,8 +84,13 @@ class TrustStore:
                 e.name for e in self.entries
                 if e.role == "approver"
                 and e.may_approve_in(namespace)
+                and e.name not in automation
                 and (allow_service_accounts or not e.name.startswith("system:")))
         return found
+
+    def seniors(self) -> frozenset[str]:
+        """Names of the entries marked ``senior: true`` (role approver)."""
+        return frozenset(e.name for e in self.entries if e.senior and e.role == "approver")
 
 
 def _entry_label(index: int, raw: Any) -> str:

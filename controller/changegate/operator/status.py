@@ -76,6 +76,9 @@ class Facts:
     ledger: LedgerEntry | None  # what the ledger holds for this statement's nonce
     now: datetime
     previous_phase: str = ""
+    # SPEC §6a problems (a missing declaration, a missing senior signature), judged by
+    # core.senior where the trust store is at hand.
+    policy_rules: tuple[Problem, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def assess(f: Facts) -> Assessment:
                                                  "the ledger could not record its use"))
     if st is not None and f.policy is not None:
         _policy_problems(st, f, problems)
+    problems.extend(f.policy_rules)
     approvers = tuple(sorted(f.verified.approvers)) if f.verified and verified else ()
     requester = st.predicate.requestedBy if st is not None else ""
     missing = tuple(sorted(f.eligible - set(approvers) - {requester}))

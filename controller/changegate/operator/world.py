@@ -17,9 +17,10 @@ from typing import Any
 
 import kopf
 
-from changegate.core.approval import verify_approval
+from changegate.core.approval import Problem, verify_approval
 from changegate.core.errors import PolicyError, TrustStoreError
 from changegate.core.policy import Policy, load_policy, namespace_settings
+from changegate.core.senior import automation_users, declaration_problem, senior_problem
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, ProcessConfig
 from changegate.core.trust import TrustStore, load_trust_store
 from changegate.kube import GROUP, PLURAL, VERSION
@@ -120,14 +121,23 @@ class World:
                                      str(target.get("name", "")))
         verified = required = None
         eligible: frozenset[str] = frozenset()
+        rules: tuple[Problem, ...] = ()
         if trust is not None and policy is not None:
+            automation = automation_users(policy)
             verified = verify_approval(namespace, spec, trust,
-                                       allow_service_accounts=policy.allowServiceAccountApprovers)
+                                       allow_service_accounts=policy.allowServiceAccountApprovers,
+                                       automation=automation)
             found = self.namespace(namespace)
             required = namespace_settings(policy, dict(found[1]) if found else {}
                                           ).required_approvals
             eligible = frozenset(trust.eligible_approvers(
-                namespace, allow_service_accounts=policy.allowServiceAccountApprovers))
+                namespace, allow_service_accounts=policy.allowServiceAccountApprovers,
+                automation=automation))
+            if verified.statement is not None:  # SPEC §6a, as far as the statement tells
+                found_rules = (declaration_problem(policy, verified.statement),
+                               senior_problem(policy, trust, verified.statement,
+                                              verified.approvers))
+                rules = tuple(q for q in found_rules if q is not None)
         status = mapping(body.get("status"))
         return Facts(namespace=namespace, name=name, uid=str(meta.get("uid", "")), spec=spec,
                      verified=verified, policy=policy,
@@ -135,7 +145,8 @@ class World:
                      required=required or int(status.get("required") or 2),
                      eligible=eligible, autoscaled=autoscaled,
                      ledger=ledger or self.ledger_entry(_written_nonce(spec)),
-                     now=now, previous_phase=str(status.get("phase") or ""))
+                     now=now, previous_phase=str(status.get("phase") or ""),
+                     policy_rules=rules)
 
 
 def _written_nonce(spec: Mapping[str, Any]) -> str:

@@ -43,7 +43,8 @@ VALIDATE_PATH = "/validate"
 
 # Denials that a ChangeApproval created a moment ago could turn into an allow: the only
 # ones worth one bounded read-through to the API server (DESIGN.md).
-READ_THROUGH_CODES = frozenset({"no_approval", "approvals_insufficient", "record_incomplete"})
+READ_THROUGH_CODES = frozenset({"no_approval", "approvals_insufficient", "record_incomplete",
+                                "senior_approval_required"})
 # At most this long for the read-through, and never closer than MARGIN to the deadline:
 # the answer itself (a denial, most likely) must still get out in time.
 READ_THROUGH_SECONDS = 1.5

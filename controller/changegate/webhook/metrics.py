@@ -43,6 +43,7 @@ REASONS = frozenset({
     "target_mismatch", "operation_mismatch", "cluster_mismatch", "digest_mismatch",
     "change_record_invalid", "record_incomplete", "not_canonical", "image_not_pinned",
     "scale_down", "namespace_guard", "config_guard", "canary_required", "restart_unapproved",
+    "senior_approval_required", "automation_approver",
     # deny: the webhook itself
     "config_invalid", "cache_not_ready", "internal_error", "deadline_exceeded",
     # allow
@@ -226,7 +227,8 @@ def observe_snapshot(snapshot: Snapshot, *, synced: bool) -> None:
         for name in tier1_namespaces(snapshot):
             seen.add(name)
             ELIGIBLE_APPROVERS.labels(name).set(len(trust.eligible_approvers(
-                name, allow_service_accounts=policy.allowServiceAccountApprovers)))
+                name, allow_service_accounts=policy.allowServiceAccountApprovers,
+                automation=frozenset(policy.automation.users))))
     for gone in _eligible_namespaces - seen:
         ELIGIBLE_APPROVERS.remove(gone)
     _eligible_namespaces.clear()

@@ -20,6 +20,8 @@ from changegate.core.approval import (
 )
 from changegate.core.digest import digest
 from changegate.core.errors import ChangeGateError
+from changegate.core.policy import Policy
+from changegate.core.senior import automation_users, senior_problem
 from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import TrustStore
 from changegate.workflow.api import JSON_PATCH, Api, ApiError, approvals_path, object_path
@@ -170,7 +172,8 @@ def standing(api: Api, site: Site, obj: Mapping[str, Any], st: Statement,
     p = st.predicate
     if trust is not None:
         allow_sa = bool(site.policy and site.policy.allowServiceAccountApprovers)
-        verified = verify_approval(ns, spec, trust, allow_service_accounts=allow_sa)
+        verified = verify_approval(ns, spec, trust, allow_service_accounts=allow_sa,
+                                   automation=automation_users(site.policy or Policy()))
         approvers = sorted(verified.approvers)
         for problem in verified.problems:
             missing.append(f"{problem.code}: {problem.detail}")
@@ -187,6 +190,13 @@ def standing(api: Api, site: Site, obj: Mapping[str, Any], st: Statement,
         missing.append(f"approvals {len(counted)}/{required} ({how}; {signatures} signature"
                        f"{'s' if signatures != 1 else ''}): needs {required - len(counted)} "
                        f"more from approvers other than {p.requestedBy}")
+    if trust is not None:
+        # Without the policy (only changegate-info readable) the defaults apply: an ai
+        # change still needs its senior signature; automation users are not known here.
+        senior = senior_problem(site.policy or Policy(), trust, st, frozenset(counted),
+                                applier=applier)
+        if senior is not None:
+            missing.append(f"{senior.code}: {senior.detail}")
     if now >= st.expires_at:
         missing.append(f"expired at {p.expiresAt}: request a new approval")
     if status.get("phase") in TERMINAL:

@@ -164,7 +164,8 @@ def _add(plan: Plan, api: Api, site: Site, live: Mapping[str, Any] | None,
 
 def create_approvals(api: Api, site: Site, plan: Plan, *, record: str, url: str | None,
                      user: str, now: datetime, lifetime: timedelta, rollout: dict[str, Any],
-                     mode: str, field_manager: str) -> list[tuple[str, Change]]:
+                     mode: str, field_manager: str, assistance: str | None = None
+                     ) -> list[tuple[str, Change]]:
     created: list[tuple[str, Change]] = []
     for change in plan.changes:
         this_rollout = rollout if change.kind == "Deployment" and change.operation != "DELETE" \
@@ -177,7 +178,7 @@ def create_approvals(api: Api, site: Site, plan: Plan, *, record: str, url: str 
             operation=change.operation, from_digest=change.from_digest,
             to_digest=change.to_digest, record_id=record, record_url=url, requested_by=user,
             issued_at=now, expires_at=now + lifetime, manifest=change.manifest,
-            rollout=this_rollout)
+            rollout=this_rollout, assistance=assistance)
         m = body["metadata"]
         m["labels"] = {RECORD_LABEL: approval_name(record, "", "")}
         m["annotations"] = {WRITE_ANNOTATION: RESTART if mode == RESTART else mode}

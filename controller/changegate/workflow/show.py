@@ -69,9 +69,18 @@ def describe_statement(st: Statement) -> str:
         ("Issued", p.issuedAt),
         ("Expires", p.expiresAt),
         ("Rollout", rollout),
+        ("Assistance", assistance_label(st)),
         ("Nonce", p.nonce),
     ]
     return "".join(f"  {k + ':':<15}{v}\n" for k, v in rows)
+
+
+def assistance_label(st: Statement) -> str:
+    """What the requester declared (SPEC §6a), as a reviewer should read it."""
+    declared = st.predicate.assistance
+    if declared == "ai":
+        return "ai (AI-assisted: needs a senior signature)"
+    return declared or "not declared"
 
 
 def human_duration(seconds: float) -> str:

@@ -32,6 +32,8 @@ class Site:
     cluster: str = ""
     required: int = 2
     max_lifetime: int = 24 * 3600
+    require_assistance: bool = False  # SPEC §6a: requireAssistanceDeclaration
+    review_deadline: int = 24 * 3600  # SPEC §7a: a review owed is overdue after this
     rules: ViewRules = DEFAULT_RULES
     policy: Policy | None = None
     notes: list[str] = field(default_factory=list)
@@ -94,16 +96,20 @@ def load_site(api: Api, controller_namespace: str) -> Site:
             raise ChangeGateError(f"the cluster's policy is invalid: {exc}") from exc
         return Site(cluster=policy.clusterName, required=policy.requiredApprovals,
                     max_lifetime=policy.maxApprovalLifetime, rules=policy.view_rules,
-                    policy=policy)
+                    require_assistance=policy.requireAssistanceDeclaration,
+                    review_deadline=policy.reviewDeadline, policy=policy)
     info, why_info = _configmap_key(api, controller_namespace, INFO, None)
     if info is None:
         return Site(notes=[f"{why_info}: signing for cluster \"\" with default settings"])
-    site = Site(cluster=str(info.get("clusterName", "")))
+    site = Site(cluster=str(info.get("clusterName", "")),
+                require_assistance=str(info.get("requireAssistanceDeclaration")) == "true")
     try:
         if info.get("requiredApprovals"):
             site.required = max(1, int(info["requiredApprovals"]))
         if info.get("maxApprovalLifetime"):
             site.max_lifetime = parse_duration(str(info["maxApprovalLifetime"]))
+        if info.get("reviewDeadline"):
+            site.review_deadline = parse_duration(str(info["reviewDeadline"]))
     except ValueError as exc:
         raise ChangeGateError(f"{controller_namespace}/{INFO}: {exc}") from exc
     # Digest rules the policy adds to SPEC §3's defaults; published here when set.
