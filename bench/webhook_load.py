@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def signed_approval(review: dict[str, Any], keys: list[Any], *, name: str,
         operation=req["operation"], from_digest=digest(old), to_digest=digest(new),
         record_id="CHG-9000", record_url="https://itsm.example/CHG-9000", requested_by="alice",
         issued_at=now - timedelta(minutes=10), expires_at=now + timedelta(hours=6),
-        manifest=new)
+        manifest=new, nonce=str(uuid.uuid4()))
     return signed(approval, *keys)
 
 

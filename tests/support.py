@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -60,8 +61,10 @@ def trust_yaml(entries: list[dict[str, Any]] | None = None) -> str:
             {"name": "carol", "namespaces": ["payments"], "keys": [key("carol").public.pem()]},
             {"name": "erin", "namespaces": ["*"], "keys": [key("erin", "p256").public.pem()]},
             {"name": "frank", "namespaces": ["shipping"], "keys": [key("frank").public.pem()]},
-            {"name": "alice", "role": "requester", "keys": [key("alice").public.pem()]},
-            {"name": "dave", "keys": [key("dave").public.pem(), key("dave2").public.pem()]},
+            {"name": "alice", "role": "requester", "namespaces": ["*"],
+             "keys": [key("alice").public.pem()]},
+            {"name": "dave", "namespaces": ["*"],
+             "keys": [key("dave").public.pem(), key("dave2").public.pem()]},
         ]
     return yaml.safe_dump({"approvers": entries})
 
@@ -92,7 +95,7 @@ def approval_for(review: dict[str, Any], *, requested_by: str = "alice", record:
         operation=req["operation"], from_digest=digest(old, policy.view_rules),
         to_digest=digest(obj, policy.view_rules), record_id=record,
         record_url=f"https://itsm.example/{record}", requested_by=requested_by,
-        issued_at=issued, expires_at=issued + lifetime, manifest=obj)
+        issued_at=issued, expires_at=issued + lifetime, manifest=obj, nonce=str(uuid.uuid4()))
     fields.update(overrides)
     approval = change_approval(**fields)
     approval["metadata"].update(uid=f"uid-{name}", resourceVersion="1")

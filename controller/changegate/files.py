@@ -80,8 +80,9 @@ def build_snapshot(*, trust_text: str | None, policy_text: str | None,
                    objects: Iterable[dict[str, Any]] = (),
                    ledger: Iterable[dict[str, Any]] = (),
                    process: ProcessConfig | None = None,
-                   policy_required: bool = False) -> Snapshot:
-    """A Snapshot; an invalid trust store or policy is kept as an error (fail closed)."""
+                   policy_required: bool = False, assume_tier1: bool = True) -> Snapshot:
+    """A Snapshot; an invalid trust store or policy is kept as an error (fail closed).
+    Offline, a namespace no file describes counts as tier-1 (``assume_tier1``, SPEC §10)."""
     objects = list(objects)
     trust: TrustStore | None = None
     policy: Policy | None = None
@@ -111,7 +112,7 @@ def build_snapshot(*, trust_text: str | None, policy_text: str | None,
         trust=trust, policy=policy, process=process or ProcessConfig(),
         namespaces=namespaces, approvals=group_approvals(objects),
         ledger=ledger_nonces(list(ledger)), hpa_targets=hpa_targets,
-        trust_error=trust_error, policy_error=policy_error)
+        trust_error=trust_error, policy_error=policy_error, assume_tier1=assume_tier1)
 
 
 def snapshot_from_dir(directory: str | Path, process: ProcessConfig | None = None) -> Snapshot:

@@ -178,7 +178,7 @@ def test_pending_then_approved_then_applied_with_the_use_recorded(cluster, setup
         operation="UPDATE", from_digest=digest(live), to_digest=digest(dry),
         record_id="CHG-4242", record_url=None, requested_by="alice",
         issued_at=now - timedelta(minutes=1), expires_at=now + timedelta(hours=1),
-        manifest=manifest_for(dry))
+        manifest=manifest_for(dry), nonce=str(uuid.uuid4()))
     nonce = parse_statement(statement_bytes(approval)).predicate.nonce
     cluster.kubectl("admin", "create", "-f", "-", input=json.dumps(approval), check=True)
 

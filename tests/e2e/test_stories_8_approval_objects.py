@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def approval_for(gate: Gate, ns: str, tmp_path: Path, *, requested_by: str,
                 "uid": live["metadata"]["uid"]},
         operation="UPDATE", from_digest=digest(live), to_digest=digest(proposed),
         record_id="CHG-8001", record_url=None, requested_by=requested_by,
-        issued_at=now, expires_at=now + timedelta(hours=1), manifest=manifest_for(proposed))
+        issued_at=now, expires_at=now + timedelta(hours=1), manifest=manifest_for(proposed),
+        nonce=str(uuid.uuid4()))
 
 
 def test_an_approval_naming_someone_else_as_requester_is_rejected_at_create(

@@ -216,7 +216,7 @@ def test_an_image_change_is_denied_then_admitted_after_two_signed_approvals(hook
         operation="UPDATE", from_digest=digest(live), to_digest=to_digest,
         record_id="CHG-4242", record_url="https://itsm.example/CHG-4242", requested_by="alice",
         issued_at=now - timedelta(minutes=1), expires_at=now + timedelta(hours=2),
-        manifest=manifest_for(proposed))
+        manifest=manifest_for(proposed), nonce=str(uuid.uuid4()))
     approval = signed(approval, KEYS["bob"], KEYS["carol"])
     created = hook.kubectl("alice", "create", "-f", "-", body=approval)
     assert created.returncode == 0, created.stderr
@@ -269,7 +269,7 @@ def test_a_change_record_signed_by_only_one_approver_stays_denied(hook, tmp_path
         operation="UPDATE", from_digest=digest(live), to_digest=digest(proposed),
         record_id="CHG-77", record_url=None, requested_by="alice",
         issued_at=now - timedelta(minutes=1), expires_at=now + timedelta(hours=1),
-        manifest=manifest_for(proposed)), KEYS["bob"])
+        manifest=manifest_for(proposed), nonce=str(uuid.uuid4())), KEYS["bob"])
     assert hook.kubectl("alice", "create", "-f", "-", body=approval).returncode == 0
     denied = hook.kubectl("alice", "apply", "-n", ns, "-f", str(v2))
     assert denied.returncode == 1

@@ -12,7 +12,7 @@ import re
 import pytest
 
 from changegate import logs
-from changegate.core.decision import decide
+from changegate.core.decision import Context, decide
 from tests.support import NOW, fixture, request_of, snapshot
 
 
@@ -33,7 +33,7 @@ async def test_buffered_lines_are_whole_json_in_order_after_earlier_text(stream)
     logging.getLogger("changegate.test").warning("before")  # text, through the handler
     review = fixture("deployment-update")
     request = request_of(review)
-    decision = decide(request, snapshot(), NOW)
+    decision = decide(request, snapshot(), NOW, Context())
     for index in range(3):
         logs.audit(decision, request, uid=f"uid-{index}", seconds=0.0012)
     assert b"uid-0" not in stream.getvalue()  # buffered: the request's path writes nothing
@@ -53,7 +53,7 @@ async def test_buffered_lines_are_whole_json_in_order_after_earlier_text(stream)
 def test_without_a_loop_each_line_is_written_at_once(stream):
     review = fixture("configmap-update")
     request = request_of(review)
-    logs.audit(decide(request, snapshot(), NOW), request, uid="u", seconds=0.001)
+    logs.audit(decide(request, snapshot(), NOW, Context()), request, uid="u", seconds=0.001)
     (record,) = lines(stream)
     assert record["uid"] == "u" and record["kind"] == "ConfigMap"
 
@@ -70,7 +70,7 @@ async def test_a_config_change_is_logged_with_what_it_changes(stream):
         obj["data"] = {"approvers.yaml": "approvers:\n" + "".join(
             f"- name: {n}\n  keys: []\n" for n in names)}
     request = request_of(review)
-    decision = decide(request, snapshot(), NOW)
+    decision = decide(request, snapshot(), NOW, Context())
     assert decision.config_change is not None
     logs.audit(decision, request, uid="cfg", seconds=0.001)
     await asyncio.sleep(logs._AuditLine.FLUSH_SECONDS * 3)

@@ -96,7 +96,10 @@ async def test_metrics_after_real_traffic_have_the_expected_labels_and_no_names(
     assert value("changegate_admission_requests_total", kind="Deployment", operation="UPDATE",
                  decision="allowed", reason="approved") == 3
     assert value("changegate_admission_requests_total", kind="Deployment", operation="UPDATE",
-                 decision="denied", reason="digest_mismatch") == 3  # restart, replicas, rollback
+                 decision="denied", reason="digest_mismatch") == 2  # replicas, rollback
+    # A restart is explained by the restart path, not by the approval of another change.
+    assert value("changegate_admission_requests_total", kind="Deployment", operation="UPDATE",
+                 decision="denied", reason="restart_unapproved") == 1
     assert value("changegate_admission_requests_total", kind="other", operation="other",
                  decision="error", reason="other") == 1  # the 400
     assert value("changegate_rejected_changes_total", namespace="payments", kind="ConfigMap",

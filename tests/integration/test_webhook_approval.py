@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +40,7 @@ def approval(review: dict[str, Any], *signers: Any, name: str = "chg-77") -> dic
     record = {"id": "CHG-77", "url": "https://itsm.example/CHG-77"}
     fields = dict(cluster="", operation="UPDATE", from_digest=digest(old), to_digest=digest(new),
                   change_record=record, requested_by="alice", issued_at=now - timedelta(minutes=5),
-                  expires_at=now + timedelta(hours=2))
+                  expires_at=now + timedelta(hours=2), nonce=str(uuid.uuid4()))
     payload = build_statement(target=target, **fields)
     return {
         "apiVersion": "changegate.io/v1alpha1", "kind": "ChangeApproval",

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import json
 import threading
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -189,7 +190,7 @@ def update_approval(live: dict[str, Any], *, name: str = "chg-1234", record: str
         operation="UPDATE", from_digest=digest(live), to_digest=digest(manifest),
         record_id=record, record_url=None, requested_by="alice",
         issued_at=now - timedelta(minutes=5), expires_at=now - timedelta(minutes=5) + lifetime,
-        manifest=manifest, nonce=nonce)
+        manifest=manifest, nonce=nonce or str(uuid.uuid4()))
     return approval, manifest
 
 

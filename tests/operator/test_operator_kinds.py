@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -25,7 +26,7 @@ def approval_for(name: str, *, operation: str, uid: str, from_digest: str, to_di
         operation=operation, from_digest=from_digest, to_digest=to_digest,
         record_id="CHG-77", record_url=None, requested_by="alice",
         issued_at=START - timedelta(minutes=1), expires_at=START + timedelta(hours=2),
-        manifest=manifest)
+        manifest=manifest, nonce=str(uuid.uuid4()))
 
 
 async def test_a_delete_is_applied_when_the_object_is_gone(k8s, operator):

@@ -75,7 +75,8 @@ def _fields(ca):
                 from_digest=spec["fromDigest"], to_digest=spec["toDigest"],
                 record_id=spec["changeRecord"]["id"], record_url=None,
                 requested_by=spec["requestedBy"], issued_at=START - timedelta(minutes=5),
-                expires_at=START + timedelta(hours=3), manifest=spec["manifest"])
+                expires_at=START + timedelta(hours=3), manifest=spec["manifest"],
+                nonce=str(uuid.uuid4()))
 
 
 def test_an_approver_of_another_namespace_does_not_verify_here():

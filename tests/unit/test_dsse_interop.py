@@ -10,6 +10,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, Signature, SSlibKey
 
 from changegate.core import dsse
+from changegate.core.budget import Budget
 from changegate.core.trust import load_trust_store
 
 PAYLOAD = b'{"_type":"https://in-toto.io/Statement/v1"}'
@@ -33,9 +34,10 @@ def test_securesystemslib_signature_verifies_with_ours(algorithm):
     envelope = Envelope(PAYLOAD, dsse.PAYLOAD_TYPE, {})
     sig = envelope.sign(signer)
     trust = load_trust_store(yaml.safe_dump(
-        {"approvers": [{"name": "bob", "keys": [key.public.pem()]}]}))
+        {"approvers": [{"name": "bob", "namespaces": ["*"], "keys": [key.public.pem()]}]}))
     found = trust.find_signer(bytes.fromhex(sig.signature),
-                              dsse.pae(dsse.PAYLOAD_TYPE, PAYLOAD), "ignored-hint")
+                              dsse.pae(dsse.PAYLOAD_TYPE, PAYLOAD), "ignored-hint", "payments",
+                              tried=set(), budget=Budget())
     assert found is not None and found.approver.name == "bob"
 
 

@@ -96,7 +96,8 @@ ADMIN = "policyAdminGroups: [platform-admins]"
 
 
 def test_only_policy_admins_may_edit_the_trust_store():
-    mallory = trust_yaml([{"name": "mallory", "keys": [key("mallory").public.pem()]}])
+    mallory = trust_yaml([{"name": "mallory", "namespaces": ["*"],
+                           "keys": [key("mallory").public.pem()]}])
     decision = run(cfg_review("changegate-trust", "approvers.yaml", trust_yaml(), mallory),
                    policy=ADMIN)
     assert not decision.allowed and decision.code == "config_guard"
@@ -105,7 +106,8 @@ def test_only_policy_admins_may_edit_the_trust_store():
 
 def test_adding_an_approver_is_loosening_removing_is_not():
     bigger = yaml.safe_load(trust_yaml())
-    bigger["approvers"].append({"name": "zed", "keys": [key("zed").public.pem()]})
+    bigger["approvers"].append({"name": "zed", "namespaces": ["payments"],
+                                "keys": [key("zed").public.pem()]})
     add = run(cfg_review("changegate-trust", "approvers.yaml", trust_yaml(),
                          yaml.safe_dump(bigger), user="pat", groups=["platform-admins"]),
               policy=ADMIN)

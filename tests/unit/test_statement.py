@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +23,7 @@ def good() -> bytes:
                                 "namespace": "payments", "name": "checkout", "uid": "u1"},
         operation="UPDATE", from_digest="sha256:" + "b" * 64, to_digest=DIGEST,
         change_record={"id": "CHG-1", "url": "https://x"}, requested_by="alice",
-        issued_at=T0, expires_at=T0 + timedelta(hours=4))
+        issued_at=T0, expires_at=T0 + timedelta(hours=4), nonce=str(uuid.uuid4()))
 
 
 @settings(max_examples=500)

@@ -272,7 +272,7 @@ def run_story(story: Story) -> None:
             operation=operation, from_digest=digest(current), to_digest=digest(proposed),
             record_id=record, record_url=f"https://itsm.example/{record}",
             requested_by=user, issued_at=now, expires_at=now + timedelta(hours=4),
-            manifest=manifest_for(proposed) if proposed else None)
+            manifest=manifest_for(proposed) if proposed else None, nonce=str(uuid.uuid4()))
 
     approval = request("chg-1234-checkout", new, live)
     story.play("alice requests approval: the webhook checks the ChangeApproval itself",

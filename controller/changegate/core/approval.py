@@ -2,22 +2,23 @@
 
 Two stages, because they change at different rates:
 - ``verify_approval`` depends only on the object and the trust store, so its result is
-  memoized per (ChangeApproval uid, resourceVersion, trust-store version): a request
-  verifies nothing it has verified before, and a key removed from the trust store stops
+  memoized by the content it reads (the caller's VerificationMemo: namespace, the spec
+  without its manifest, trust-store version): a request verifies nothing verified before,
+  relabelling an approval costs nothing, and a key removed from the trust store stops
   counting at once (new version, new verification).
 - ``fit`` checks the verified statement against one admission request and the clock.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from changegate.core.budget import Budget
 from changegate.core.digest import ViewRules, digest
 from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
 from changegate.core.errors import ChangeGateError, NotCanonicalError, StatementError
@@ -34,28 +35,20 @@ SPEC_FIELDS = ("cluster", "operation", "fromDigest", "toDigest", "changeRecord",
                "requestedBy", "issuedAt", "expiresAt", "rollout", "assistance")
 
 
+# A signature that does not count admits nothing and spoils nothing (SPEC §4 rule 1): these
+# problems explain a shortfall of approvals, never refuse an approval that has enough.
+NOT_COUNTED = frozenset({"signature_invalid", "key_untrusted", "approver_wrong_namespace"})
+
+
+@dataclass(frozen=True, slots=True)
 class Problem:
-    """One reason an approval does not admit a change: a stable code and a sentence. A
-    plain class: see verdict.Decision for why (several are built for each denial)."""
+    """One reason an approval does not admit a change: a stable code and a sentence."""
 
-    __slots__ = ("code", "detail")
-
-    def __init__(self, code: str, detail: str) -> None:
-        self.code = code
-        self.detail = detail
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Problem) and (self.code, self.detail) == (
-            other.code, other.detail)
-
-    def __hash__(self) -> int:
-        return hash((self.code, self.detail))
-
-    def __repr__(self) -> str:
-        return f"Problem({self.code!r}, {self.detail!r})"
+    code: str
+    detail: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class VerifiedApproval:
     """What the signatures prove. ``statement`` is None when nothing verified or it is bad."""
 
@@ -63,7 +56,8 @@ class VerifiedApproval:
     approvers: frozenset[str]  # distinct verified approver names (role approver, namespace ok)
     signers: frozenset[str]  # every verified signer name, any role (trusted-creator check)
     problems: tuple[Problem, ...]
-    signature_results: tuple[str, ...]  # valid | invalid | untrusted, one per signature
+    # valid | invalid | untrusted, one per signature (changegate_signature_verifications_total)
+    signature_results: tuple[str, ...]
     # The statement parsed WITHOUT a verified signature, when nobody has signed yet. Used
     # only to explain a denial ("0/2 approvals under CHG-1"), never to admit: an approval
     # with no verified approver can never fit (requiredApprovals >= 1).
@@ -102,44 +96,65 @@ def _normal(value: Any) -> Any:
 
 
 def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustStore, *,
-                    allow_service_accounts: bool, automation: frozenset[str] = frozenset()
-                    ) -> VerifiedApproval:
-    """Verify first, then parse the verified bytes. Never raises. ``automation``: the
-    policy's automation users, whose signatures never count as approvals (SPEC §6a)."""
+                    allow_service_accounts: bool, automation: frozenset[str] = frozenset(),
+                    budget: Budget | None = None) -> VerifiedApproval:
+    """Verify first, then parse the verified bytes. Raises only BudgetExhausted.
+    ``automation``: the policy's automation users, whose signatures never count as
+    approvals (SPEC §6a).
+
+    Work is bounded (SPEC §4 rule 1, §5): per signature one verification with the key its
+    ``keyid`` names when that key is trusted in this namespace, then at most one try per
+    other key trusted here, each key tried once per approval. Without a ``budget`` that
+    bound is the budget (the operator and the CLI look at one approval at a time).
+    """
+    budget = budget or Budget(MAX_SIGNATURES + len(trust))
     problems: list[Problem] = []
     results: list[str] = []
     try:
         payload = decode_statement(spec)
     except StatementError as exc:
-        return VerifiedApproval(None, frozenset(), frozenset(),
-                                (Problem("statement_invalid", str(exc)),), ())
+        return VerifiedApproval(statement=None, approvers=frozenset(), signers=frozenset(),
+                                problems=(Problem("statement_invalid", str(exc)),),
+                                signature_results=())
     message = pae(PAYLOAD_TYPE, payload)
     signatures = spec.get("signatures") or []
     if not isinstance(signatures, list) or len(signatures) > MAX_SIGNATURES:
-        return VerifiedApproval(None, frozenset(), frozenset(), (Problem(
-            "statement_invalid", f"spec.signatures must be a list of at most {MAX_SIGNATURES}"),
-        ), ())
+        return VerifiedApproval(statement=None, approvers=frozenset(), signers=frozenset(),
+                                problems=(Problem("statement_invalid", "spec.signatures must be "
+                                                  f"a list of at most {MAX_SIGNATURES}"),),
+                                signature_results=())
     signers: dict[str, str] = {}  # name -> role
+    tried: set[str] = set()  # keys already tried without a keyid naming them
     for index, entry in enumerate(signatures):
         keyid = str(entry.get("keyid", "")) if isinstance(entry, dict) else ""
         try:
             sig = b64decode(entry.get("sig", "") if isinstance(entry, dict) else "")
-        except ValueError as bad:  # not `exc`: mypyc types a name once per function
+        except ValueError as exc:
             results.append("invalid")
-            problems.append(Problem("signature_invalid", f"signatures[{index}]: {bad}"))
+            problems.append(Problem("signature_invalid", f"signatures[{index}]: {exc}"))
             continue
-        signer = trust.find_signer(sig, message, keyid)
+        named = trust.by_keyid(keyid)
+        if named is not None and not named.approver.may_approve_in(obj_namespace):
+            # No verification spent: whatever it proves, it cannot count here.
+            results.append("untrusted")
+            problems.append(Problem("approver_wrong_namespace",
+                                    f"signatures[{index}] names {named.approver.name}'s key; "
+                                    f"{named.approver.name} may not approve in namespace "
+                                    f"{obj_namespace}"))
+            continue
+        signer = trust.find_signer(sig, message, keyid, obj_namespace, tried=tried,
+                                   budget=budget)
         if signer is None:
-            if trust.by_keyid(keyid) is not None:
+            if named is not None:
                 results.append("invalid")
-                who = trust.by_keyid(keyid).approver.name  # type: ignore[union-attr]
                 problems.append(Problem("signature_invalid",
-                                        f"signatures[{index}] claims {who}'s key but does not "
-                                        "verify: forged or made over other bytes"))
+                                        f"signatures[{index}] claims {named.approver.name}'s key "
+                                        "but does not verify: forged or made over other bytes"))
             else:
                 results.append("untrusted")
                 problems.append(Problem("key_untrusted",
-                                        f"signatures[{index}] is by no key in the trust store"))
+                                        f"signatures[{index}] is by no key in the trust store "
+                                        f"for namespace {obj_namespace}"))
             continue
         results.append("valid")
         name = signer.approver.name
@@ -149,11 +164,7 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
         signers.setdefault(name, signer.approver.role)
         if signer.approver.role != "approver":
             continue  # a requester's key signs as requester only
-        if not signer.approver.may_approve_in(obj_namespace):
-            problems.append(Problem("approver_wrong_namespace",
-                                    f"{name} may not approve in namespace {obj_namespace}"))
-            signers[name] = "elsewhere"
-        elif name.startswith("system:") and not allow_service_accounts:
+        if name.startswith("system:") and not allow_service_accounts:
             problems.append(Problem("key_untrusted",
                                     f"{name} is a service account; the policy refuses those "
                                     "as approvers"))
@@ -165,29 +176,33 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
                                     "it never counts as an approver"))
             signers[name] = "automation"
     if not signers:
-        return VerifiedApproval(None, frozenset(), frozenset(), tuple(problems), tuple(results),
+        return VerifiedApproval(statement=None, approvers=frozenset(), signers=frozenset(),
+                                problems=tuple(problems), signature_results=tuple(results),
                                 unverified=_unverified(payload, spec, obj_namespace))
     try:
         statement = parse_statement(payload)
     except StatementError as exc:
         problems.append(Problem("statement_invalid", str(exc)))
-        return VerifiedApproval(None, frozenset(), frozenset(signers), tuple(problems),
-                                tuple(results))
+        return VerifiedApproval(statement=None, approvers=frozenset(),
+                                signers=frozenset(signers), problems=tuple(problems),
+                                signature_results=tuple(results))
     wrong = spec_mismatches(spec, statement, obj_namespace)
     if wrong:
         problems.append(Problem("spec_statement_mismatch",
                                 "the ChangeApproval's fields differ from the signed statement: "
                                 + ", ".join(wrong)))
-        return VerifiedApproval(None, frozenset(), frozenset(signers), tuple(problems),
-                                tuple(results))
+        return VerifiedApproval(statement=None, approvers=frozenset(),
+                                signers=frozenset(signers), problems=tuple(problems),
+                                signature_results=tuple(results))
     approvers = {n for n, role in signers.items() if role == "approver"}
     requester = statement.predicate.requestedBy
     if requester in approvers:
         approvers.discard(requester)
         problems.append(Problem("self_approval",
                                 f"{requester} requested this change and cannot approve it"))
-    return VerifiedApproval(statement, frozenset(approvers), frozenset(signers),
-                            tuple(problems), tuple(results))
+    return VerifiedApproval(statement=statement, approvers=frozenset(approvers),
+                            signers=frozenset(signers), problems=tuple(problems),
+                            signature_results=tuple(results))
 
 
 def _unverified(payload: bytes, spec: Mapping[str, Any], namespace: str) -> Statement | None:
@@ -199,7 +214,11 @@ def _unverified(payload: bytes, spec: Mapping[str, Any], namespace: str) -> Stat
 
 
 class VerificationMemo:
-    """Bounded memo of verify_approval per (uid, resourceVersion, trust version)."""
+    """Bounded memo of verify_approval results, kept by the caller across decisions.
+
+    Keys name the full content a result depends on (SPEC §5): the caller builds them from
+    watched ChangeApprovals, never from a request body.
+    """
 
     def __init__(self, size: int = 50_000) -> None:
         self._size = size
@@ -219,51 +238,60 @@ class VerificationMemo:
             self._data.popitem(last=False)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Change:
-    """The change an admission request makes, as the approval must name it. Like Fit, a
-    plain class: see verdict.Decision for why (once per gated request)."""
+    """The change an admission request makes, as the approval must name it."""
 
-    __slots__ = ("api_version", "applier", "from_digest", "kind", "name", "namespace",
-                 "operation", "to_digest", "uid")
-
-    def __init__(self, *, api_version: str, kind: str, namespace: str, name: str, uid: str,
-                 operation: str, from_digest: str, to_digest: str, applier: str) -> None:
-        self.api_version = api_version
-        self.kind = kind
-        self.namespace = namespace
-        self.name = name
-        self.uid = uid
-        self.operation = operation
-        self.from_digest = from_digest
-        self.to_digest = to_digest
-        self.applier = applier
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+    operation: str
+    from_digest: str
+    to_digest: str
+    applier: str
 
 
+@dataclass(kw_only=True, slots=True)
 class Fit:
-    """How well one verified approval fits one change."""
+    """How well one verified approval fits one change; built up by fit() and decide()."""
 
-    __slots__ = ("approval", "approvers", "nonce", "problems", "record")
-
-    def __init__(self, approval: str) -> None:
-        self.approval = approval
-        self.problems: list[Problem] = []
-        self.approvers: frozenset[str] = frozenset()
-        self.record = ""
-        self.nonce = ""
+    approval: str
+    problems: list[Problem] = field(default_factory=list)
+    approvers: frozenset[str] = frozenset()
+    record: str = ""
+    nonce: str = ""
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def names_another_change(self) -> bool:
+        return any(q.code in OTHER_CHANGE for q in self.problems)
+
+    @property
+    def alive(self) -> bool:
+        """Whether it could still admit some change: not used, not expired."""
+        return not any(q.code in DEAD for q in self.problems)
+
+
+OTHER_CHANGE = frozenset({"digest_mismatch", "target_mismatch", "operation_mismatch"})
+# An approval with one of these can admit nothing, ever: a denial is not explained by it.
+DEAD = frozenset({"approval_used", "expired"})
 
 
 def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: datetime,
         max_lifetime: int, record_pattern: str, required: int, used: frozenset[str],
         phase: str, name: str) -> Fit:
     """Every rule of SPEC §4 that depends on the request, the clock or the ledger."""
-    result = Fit(name)
-    result.problems.extend(p for p in verified.problems if p.code not in UNCOUNTED)
+    result = Fit(approval=name)
+    result.problems.extend(p for p in verified.problems
+                           if p.code not in UNCOUNTED and p.code not in NOT_COUNTED)
     st = verified.statement or verified.unverified
     if st is None:
+        result.problems.extend(p for p in verified.problems if p.code in NOT_COUNTED)
         if not result.problems:
             result.problems.append(Problem("no_approval", "no signature verifies"))
         return result
@@ -286,16 +314,22 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     if p.toDigest != change.to_digest:
         add(Problem("digest_mismatch", f"approval produces {p.toDigest}, this request "
                                        f"produces {change.to_digest}"))
-    # After "is this the change?": for another change, that is the useful answer.
-    if p.nonce in used:
+    # After "is this the change?": for another change, that is the useful answer. Reasons
+    # follow facts (SPEC §4 rule 5): past expiresAt is `expired` whatever the phase says.
+    expired = now >= st.expires_at
+    if expired:
+        add(Problem("expired", f"approval {name} expired at {p.expiresAt}"))
+    elif p.nonce in used:
         add(Problem("approval_used", f"approval {name} was already used (its nonce is in the "
                                      "ledger); request a new one"))
-    elif phase in ("Applied", "Expired"):
-        add(Problem("approval_used", f"approval {name} is {phase}"))
+    elif phase == "Applied":
+        add(Problem("approval_used", f"approval {name} is Applied"))
+    elif phase == "Expired":  # the operator's clock is ahead of ours: status only tightens
+        add(Problem("expired", f"approval {name} is marked Expired"))
     if p.cluster != cluster:
         add(Problem("cluster_mismatch", f"approval is for cluster {p.cluster!r}, this is "
                                         f"{cluster!r}"))
-    add_time_problems(st, now, max_lifetime, add)
+    add_time_problems(st, now, max_lifetime, add, expiry=False)
     if not record_matches(record_pattern, p.changeRecord.id):
         add(Problem("change_record_invalid", f"change record {p.changeRecord.id!r} does not "
                                              f"match {record_pattern}"))
@@ -312,19 +346,21 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
         if excluded:
             detail += " (" + "; ".join(q.detail for q in excluded) + ")"
         add(Problem(excluded[0].code if excluded else "approvals_insufficient", detail))
+        # Only now do signatures that do not count matter: they explain the shortfall.
+        result.problems.extend(q for q in verified.problems if q.code in NOT_COUNTED)
     return result
 
 
-@functools.lru_cache(maxsize=4096)
 def record_matches(pattern: str, record: str) -> bool:
     return re.fullmatch(pattern, record) is not None
 
 
-def add_time_problems(st: Statement, now: datetime, max_lifetime: int, add: Any) -> None:
+def add_time_problems(st: Statement, now: datetime, max_lifetime: int, add: Any, *,
+                      expiry: bool = True) -> None:
     issued, expires = st.issued_at, st.expires_at
     if issued > now + CLOCK_SKEW:
         add(Problem("not_yet_valid", f"issued at {st.predicate.issuedAt}, in the future"))
-    if now >= expires:
+    if expiry and now >= expires:
         add(Problem("expired", f"expired at {st.predicate.expiresAt}"))
     if (expires - issued).total_seconds() > max_lifetime:
         add(Problem("lifetime_exceeded", f"lifetime {expires - issued} is over the maximum "
@@ -342,11 +378,15 @@ def manifest_digest(spec: Mapping[str, Any], rules: ViewRules, autoscaled: bool)
 
 
 def best(fits: Iterable[Fit]) -> Fit | None:
-    """The approval closest to admitting the change, to explain a denial."""
+    """The approval closest to admitting the change, to explain a denial: one that could
+    still admit something, else a used or expired one only if it names this very change.
+    A used approval of an earlier change stays listed for 30 days; it must not explain
+    every later denial (nor hide the restart path)."""
     candidates = list(fits)
-    if len(candidates) <= 1:  # the usual case, on every such denial: nothing to rank
-        return candidates[0] if candidates else None
-    return min(candidates, key=_closeness)  # the first of the closest, as a stable sort
+    alive = [f for f in candidates if f.alive]
+    if not alive:
+        alive = [f for f in candidates if not f.names_another_change]
+    return min(alive, key=_closeness) if alive else None  # the first of the closest
 
 
 def _closeness(f: Fit) -> tuple[bool, bool, bool, int, int]:

@@ -27,7 +27,7 @@ def change_approval(*, namespace: str, name: str, cluster: str, target: Mapping[
                     operation: str, from_digest: str, to_digest: str, record_id: str,
                     record_url: str | None, requested_by: str, issued_at: datetime,
                     expires_at: datetime, manifest: Mapping[str, Any] | None,
-                    rollout: Mapping[str, Any] | None = None, nonce: str | None = None,
+                    nonce: str, rollout: Mapping[str, Any] | None = None,
                     assistance: str | None = None) -> dict[str, Any]:
     """An unsigned ChangeApproval whose spec fields equal its statement's."""
     record: dict[str, str] = {"id": record_id}

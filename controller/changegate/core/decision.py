@@ -14,7 +14,6 @@ from typing import Any
 
 from changegate.core import guards
 from changegate.core.approval import (
-    UNCOUNTED,
     Change,
     Fit,
     Problem,
@@ -26,6 +25,7 @@ from changegate.core.approval import (
     manifest_digest,
     verify_approval,
 )
+from changegate.core.budget import MAX_VERIFICATIONS, Budget, BudgetExhausted
 from changegate.core.digest import ABSENT, digest
 from changegate.core.errors import NotCanonicalError
 from changegate.core.policy import ExemptWriter, NamespaceSettings, Policy, namespace_settings
@@ -37,31 +37,36 @@ from changegate.core.senior import (
     declaration_problem,
     senior_problem,
 )
-from changegate.core.snapshot import ApprovalObject, Snapshot
+from changegate.core.snapshot import ApprovalObject, NamespaceInfo, Snapshot
 from changegate.core.trust import TrustStore
 from changegate.core.verdict import Decision, Verdict
 
 BREAK_GLASS = "changegate.io/break-glass"
 GATED = {("apps", "deployments"): "Deployment", ("", "configmaps"): "ConfigMap"}
 SYSTEM_NAMESPACES = frozenset({"kube-system"})
+# Bounded work (SPEC §5). Per target: the approvals that name this very change are
+# looked at first, and an object changed a dozen times a day keeps ~300 used approvals for
+# the 30-day retention, so 16 is room for every live one (rarely more than two) plus
+# the most recent history for the explanation. Per record: a release of up to 64 objects
+# goes in whole (a large Helm chart has 30-50); past that the record is refused as too
+# large rather than verified without end.
+MAX_APPROVALS_PER_TARGET = 16
+MAX_APPROVALS_PER_RECORD = 64
 
 
 @dataclass
 class Context:
-    """Memos that survive across calls, filled only from the snapshot's ChangeApprovals
-    (watched state), never from a request body (SPEC §5)."""
+    """What the caller keeps across decisions: memos of watched approvals (never of a
+    request body, SPEC §5) and the verification budget each decision gets."""
 
     memo: VerificationMemo = field(default_factory=VerificationMemo)
-    digests: dict[tuple[object, ...], str] = field(default_factory=dict)
-
-
-_DEFAULT_CONTEXT = Context()
+    manifests: dict[tuple[object, ...], str] = field(default_factory=dict)
+    max_verifications: int = MAX_VERIFICATIONS
 
 
 def decide(request: AdmissionRequest, snapshot: Snapshot, now: datetime,
-           context: Context | None = None) -> Decision:
-    ctx = context or _DEFAULT_CONTEXT
-    verdict = _route(request, snapshot, now, ctx)
+           context: Context) -> Decision:
+    verdict = _route(request, snapshot, now, context)
     return verdict.finish(request, snapshot)
 
 
@@ -76,7 +81,7 @@ def _route(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context) -
     if req.namespace in SYSTEM_NAMESPACES or req.namespace == snap.process.namespace:
         return Verdict.allow("not_gated", "system or controller namespace")
     if key == ("changegate.io", "changeapprovals"):
-        return guards.approval_object(req, snap, now, ctx.memo)
+        return guards.approval_object(req, snap, now, Budget(ctx.max_verifications))
     if key == ("apps", "deployments") and req.sub_resource == "scale":
         return guards.scale_guard(req, snap)
     kind = GATED.get(key)
@@ -94,7 +99,7 @@ def _digest(obj: dict[str, Any] | None, policy: Policy, autoscaled: bool) -> str
     return digest(obj, policy.view_rules, autoscaled=autoscaled)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NamespaceGate:
     """What one snapshot says about one namespace, for every gated write into it."""
 
@@ -105,34 +110,22 @@ class NamespaceGate:
     exempt: tuple[ExemptWriter, ...]  # built-in, then the policy's
 
 
-MEMO_LIMIT = 10_000  # namespaces remembered per snapshot; a new snapshot starts afresh
-
-
-def namespace_gate(snap: Snapshot, policy: Policy, trust: TrustStore,
-                   namespace: str) -> NamespaceGate:
-    """Memoized in the snapshot: its labels, annotations, policy and trust store are fixed."""
-    key = ("gate", namespace)
-    gate: NamespaceGate | None = snap.memo.get(key)
-    if gate is None:
-        ns = snap.namespace(namespace)
-        settings = namespace_settings(policy, dict(ns.annotations))
-        warnings = [f"changegate: {n}" for n in settings.notes]
-        eligible = trust.eligible_approvers(
-            namespace, allow_service_accounts=policy.allowServiceAccountApprovers,
-            automation=automation_users(policy))
-        # SPEC §6a: an automation identity's trust-store entry is ignored, and says so.
-        warnings.extend(f"changegate: trust-store approver {name} is an automation identity "
-                        "(policy automation) and is ignored as an approver"
-                        for name in automation_in_trust(policy, trust, namespace))
-        if len(eligible) < settings.required_approvals:
-            warnings.append(f"changegate: namespace {namespace} has {len(eligible)} eligible "
-                            f"approvers; {settings.required_approvals} are required")
-        gate = NamespaceGate(policy.selects(dict(ns.labels)), ns.terminating, settings,
-                             tuple(warnings), (*guards.built_in_exempt(), *policy.exemptWriters))
-        if len(snap.memo) > MEMO_LIMIT:
-            snap.memo.clear()
-        snap.memo[key] = gate
-    return gate
+def namespace_gate(ns: NamespaceInfo, policy: Policy, trust: TrustStore) -> NamespaceGate:
+    settings = namespace_settings(policy, dict(ns.annotations))
+    warnings = [f"changegate: {n}" for n in settings.notes]
+    eligible = trust.eligible_approvers(
+        ns.name, allow_service_accounts=policy.allowServiceAccountApprovers,
+        automation=automation_users(policy))
+    # SPEC §6a: an automation identity's trust-store entry is ignored, and says so.
+    warnings.extend(f"changegate: trust-store approver {name} is an automation identity "
+                    "(policy automation) and is ignored as an approver"
+                    for name in automation_in_trust(policy, trust, ns.name))
+    if len(eligible) < settings.required_approvals:
+        warnings.append(f"changegate: namespace {ns.name} has {len(eligible)} eligible "
+                        f"approvers; {settings.required_approvals} are required")
+    return NamespaceGate(tier1=policy.selects(dict(ns.labels)), terminating=ns.terminating,
+                         settings=settings, warnings=tuple(warnings),
+                         exempt=(*guards.built_in_exempt(), *policy.exemptWriters))
 
 
 def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
@@ -141,7 +134,11 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
     policy, trust = snap.policy, snap.trust
     assert policy is not None and trust is not None  # config_error covers both
-    gate = namespace_gate(snap, policy, trust, req.namespace)
+    ns = snap.namespace(req.namespace)
+    if ns is None:
+        return Verdict.deny("namespace_unknown", f"namespace {req.namespace} is not known to "
+                            "the webhook yet; its gate cannot be judged (retry shortly)")
+    gate = namespace_gate(ns, policy, trust)
     if not gate.tier1:
         return Verdict.allow("not_gated", f"namespace {req.namespace} is not tier-1")
     if req.operation not in policy.gatedOperations:
@@ -156,6 +153,20 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
             return verdict.set_allow("exempt_writer", f"{req.username} is an exempt writer "
                                                       f"of {kind} {req.name}")
     autoscaled = kind == "Deployment" and snap.is_autoscaled(req.namespace, req.name)
+    if guards.is_break_glass(req, snap):
+        # Before anything that can fail on the object (SPEC §5): a live object whose view
+        # cannot be digested still takes a break-glass fix. Digests only for the record.
+        try:
+            verdict.from_digest = _digest(req.old_object, policy, autoscaled)
+            verdict.to_digest = _digest(req.object, policy, autoscaled)
+        except NotCanonicalError:
+            pass
+        verdict.break_glass = True
+        reason = str((req.object or {}).get("metadata", {}).get("annotations", {})
+                     .get(BREAK_GLASS, ""))
+        verdict.warnings.append(f"changegate: BREAK-GLASS by {req.username}: {reason[:120]}"
+                                " (recorded; a review is owed)")
+        return verdict.set_allow("break_glass", f"break-glass: {reason}")
     try:
         old = _digest(req.old_object, policy, autoscaled)
         new = _digest(req.object, policy, autoscaled)
@@ -166,13 +177,6 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         req.username not in policy.scaleExemptUsers)
     if old == new and req.operation == "UPDATE" and not scale_down:
         return verdict.set_allow("no_change", "the change does not touch the approved state")
-    if guards.is_break_glass(req, snap):
-        verdict.break_glass = True
-        reason = str((req.object or {}).get("metadata", {}).get("annotations", {})
-                     .get(BREAK_GLASS, ""))
-        verdict.warnings.append(f"changegate: BREAK-GLASS by {req.username}: {reason[:120]}"
-                                " (recorded; a review is owed)")
-        return verdict.set_allow("break_glass", f"break-glass: {reason}")
     if policy.is_automation(req.username, req.groups) and guards.carries_break_glass(req):
         verdict.warnings.append(f"changegate: {req.username} is an automation identity: "
                                 "break-glass is not for automation (SPEC §6a); an approval "
@@ -192,92 +196,169 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
     change = Change(api_version=req.api_version, kind=kind, namespace=req.namespace,
                     name=req.name, uid=req.live_uid, operation=req.operation,
                     from_digest=old, to_digest=new, applier=req.username)
-    winner, fits = _find_approval(change, req.groups, snap, policy, settings, now, ctx,
-                                  autoscaled)
-    verdict.signature_results = tuple(r for f in fits for r in f[1].signature_results)
+    search = _Search(snap=snap, policy=policy, settings=settings, now=now, ctx=ctx,
+                     budget=Budget(ctx.max_verifications), groups=req.groups)
+    try:
+        winner, fits = search.find(change, autoscaled)
+    except BudgetExhausted:
+        verdict.signature_results = search.results()
+        return verdict.set_deny("deadline_exceeded", (
+            f"verifying the approvals for this change would pass the webhook's deadline "
+            f"(more than {ctx.max_verifications} signature checks); nothing was admitted. "
+            "Too many signed ChangeApprovals name this object or its change record: "
+            "delete the stale ones"))
+    verdict.signature_results = search.results()
     if winner is not None:
         verdict.approval, verdict.approvers = winner.approval, winner.approvers
         verdict.record, verdict.nonce = winner.record, winner.nonce
         verdict.approvals = len(winner.approvers)
         return verdict.set_allow("approved", f"approved by {', '.join(sorted(winner.approvers))} "
                                              f"under {winner.record}")
-    closest = best(f for f, _ in fits)
-    if closest is not None:
+    closest = best(fits)
+    restart = guards.is_restart_only(req, policy)
+    if restart and policy.restartWriters.includes(req.username, req.groups):
+        return verdict.set_allow("restart", "a restart of the approved template")
+    if closest is not None and not (restart and closest.names_another_change):
         verdict.approval, verdict.record = closest.approval, closest.record
         verdict.approvals = len(closest.approvers)
         first = closest.problems[0]
         verdict.set_deny(first.code, first.detail)
-        verdict.extra = [q for q in closest.problems[1:]]
-    elif guards.is_restart_only(req, policy):
-        if policy.restartWriters.includes(req.username, req.groups):
-            return verdict.set_allow("restart", "a restart of the approved template")
+        verdict.extra = closest.problems[1:]
+    elif restart:
         verdict.set_deny("restart_unapproved", guards.RESTART_HELP.format(name=req.name))
     else:
         verdict.set_deny("no_approval", "no ChangeApproval in this namespace names this change")
     return verdict
 
 
-def _find_approval(change: Change, groups: frozenset[str], snap: Snapshot, policy: Policy,
-                   settings: NamespaceSettings, now: datetime, ctx: Context, autoscaled: bool
-                   ) -> tuple[Fit | None, list[tuple[Fit, VerifiedApproval]]]:
-    fits: list[tuple[Fit, VerifiedApproval]] = []
-    for obj in snap.approvals_in(change.namespace):
-        if obj.target_key != (change.kind, change.name):
-            continue
-        verified = _verified(obj, snap, policy, ctx)
-        result = _fit(obj, verified, change, snap, policy, settings, now)
-        _add_senior_rules(result, verified, change.applier, groups, snap, policy)
-        if result.ok and change.operation != "DELETE":
-            got = _manifest_digest(obj, policy, autoscaled, ctx)
-            if got != change.to_digest:
-                result.problems.append(Problem(
-                    "manifest_mismatch", f"approval {obj.name}'s manifest is not what it signed"))
-        if result.ok and policy.atomicRecords:
-            held = _record_holds(obj, result.record, snap, policy, settings, now, ctx,
-                                 change.applier, groups)
-            if held:
-                result.problems.append(Problem("record_incomplete", held))
-        fits.append((result, verified))
-        if result.ok:
-            return result, fits
-    return None, fits
+@dataclass(kw_only=True)
+class _Search:
+    """The approvals one gated request looks at, with the work it may spend on them."""
+
+    snap: Snapshot
+    policy: Policy
+    settings: NamespaceSettings
+    now: datetime
+    ctx: Context
+    budget: Budget
+    groups: frozenset[str]  # of the user applying the change (SPEC §6a automation)
+    verified: list[VerifiedApproval] = field(default_factory=list)
+
+    def results(self) -> tuple[str, ...]:
+        return tuple(r for v in self.verified for r in v.signature_results)
+
+    def find(self, change: Change, autoscaled: bool) -> tuple[Fit | None, list[Fit]]:
+        mine = [o for o in self.snap.approvals_in(change.namespace)
+                if o.target_key == (change.kind, change.name)]
+        # Those whose (unverified) spec names this very change first, then the live ones:
+        # the cap never hides the approval that admits, nor favours a used one.
+        mine.sort(key=lambda o: (not _names(o, change), o.phase in ("Applied", "Expired")))
+        fits: list[Fit] = []
+        for obj in mine[:MAX_APPROVALS_PER_TARGET]:
+            verified = self._verify(obj)
+            result = self._fit(obj, verified, change)
+            _add_senior_rules(result, verified, change.applier, self.groups, self.snap,
+                              self.policy)
+            if result.ok and change.operation != "DELETE":
+                got = self._manifest_digest(obj, autoscaled)
+                if got != change.to_digest:
+                    result.problems.append(Problem(
+                        "manifest_mismatch",
+                        f"approval {obj.name}'s manifest is not what it signed"))
+            if result.ok and self.policy.atomicRecords:
+                held = self._record_holds(obj, result, change.applier)
+                if held:
+                    result.problems.append(Problem("record_incomplete", held))
+            fits.append(result)
+            if result.ok:
+                return result, fits
+        return None, fits
+
+    def _verify(self, obj: ApprovalObject) -> VerifiedApproval:
+        trust, allow_sa = self.snap.trust, self.policy.allowServiceAccountApprovers
+        assert trust is not None
+        key = (obj.namespace, obj.content_key, trust.version, str(allow_sa),
+               automation_key(self.policy))
+        found = self.ctx.memo.get(key) if obj.content_key else None
+        if found is None:
+            found = verify_approval(obj.namespace, obj.spec, trust,
+                                    allow_service_accounts=allow_sa,
+                                    automation=automation_users(self.policy),
+                                    budget=self.budget)
+            if obj.content_key:
+                self.ctx.memo.put(key, found)
+        self.verified.append(found)
+        return found
+
+    def _fit(self, obj: ApprovalObject, verified: VerifiedApproval, change: Change) -> Fit:
+        policy = self.policy
+        return fit(verified, change, cluster=policy.clusterName, now=self.now,
+                   max_lifetime=policy.maxApprovalLifetime,
+                   record_pattern=policy.changeRecordPattern,
+                   required=self.settings.required_approvals, used=self.snap.ledger,
+                   phase=obj.phase, name=obj.name)
+
+    def _manifest_digest(self, obj: ApprovalObject, autoscaled: bool) -> str | None:
+        """Memoized per watched approval version and the view rules' own content."""
+        policy = self.policy
+        if not (obj.uid and obj.resource_version):
+            return manifest_digest(obj.spec, policy.view_rules, autoscaled)
+        key = (obj.namespace, obj.name, obj.uid, obj.resource_version,
+               policy.ignoredAnnotations, policy.ignoredLabels, autoscaled)
+        found = self.ctx.manifests.get(key)
+        if found is None:
+            if len(self.ctx.manifests) > 50_000:
+                self.ctx.manifests.clear()
+            found = manifest_digest(obj.spec, policy.view_rules, autoscaled) or ""
+            self.ctx.manifests[key] = found
+        return found or None
+
+    def _record_holds(self, winner: ApprovalObject, result: Fit, applier: str) -> str:
+        """SPEC §4 rule 6: a release goes in whole. Names the first sibling that is not
+        ready; siblings are the same record AND the same requester (a stranger's
+        ChangeApproval under your record id holds nothing of yours)."""
+        record, requester = result.record, str(winner.spec.get("requestedBy", ""))
+        siblings = [o for o in self.snap.approvals_in(winner.namespace)
+                    if o.record_id == record and str(o.spec.get("requestedBy", "")) == requester
+                    and not (o.uid == winner.uid and o.name == winner.name)]
+        if len(siblings) >= MAX_APPROVALS_PER_RECORD:
+            return (f"change record {record} has more than {MAX_APPROVALS_PER_RECORD} "
+                    "ChangeApprovals; changegate judges a release of at most that many")
+        for other in siblings:
+            verified = self._verify(other)
+            st = verified.statement
+            if st is not None and st.predicate.nonce in self.snap.ledger:
+                continue  # already used: that part of the release is in
+            if st is None or st.predicate.requestedBy != requester:
+                return f"{other.name} under the same change record {record} is not valid yet"
+            problems: list[Problem] = [q for q in verified.problems
+                                       if q.code in ("statement_invalid",
+                                                     "spec_statement_mismatch")]
+            add_time_problems(st, self.now, self.policy.maxApprovalLifetime, problems.append)
+            required = self.settings.required_approvals
+            if len(verified.approvers) < required:
+                problems.append(Problem("approvals_insufficient",
+                                        f"{len(verified.approvers)}/{required}"))
+            assert self.snap.trust is not None
+            extra = [declaration_problem(self.policy, st),
+                     senior_problem(self.policy, self.snap.trust, st,
+                                    verified.approvers - {applier}, applier=applier,
+                                    groups=self.groups)]
+            problems.extend(q for q in extra if q is not None)
+            if problems:
+                return (f"{other.name} under the same change record {record} is not complete "
+                        f"({problems[0].detail}); the release goes in whole or not at all")
+        return ""
 
 
-def _manifest_digest(obj: ApprovalObject, policy: Policy, autoscaled: bool, ctx: Context
-                     ) -> str | None:
-    """Memoized per approval version: the manifest cannot change under a resourceVersion."""
-    key = ("manifest", obj.uid, obj.resource_version, id(policy.view_rules), autoscaled)
-    if not (obj.uid and obj.resource_version):
-        return manifest_digest(obj.spec, policy.view_rules, autoscaled)
-    found = ctx.digests.get(key)
-    if found is None:
-        found = manifest_digest(obj.spec, policy.view_rules, autoscaled) or ""
-        ctx.digests[key] = found
-    return found or None
-
-
-def _verified(obj: ApprovalObject, snap: Snapshot, policy: Policy, ctx: Context
-              ) -> VerifiedApproval:
-    assert snap.trust is not None
-    key = (obj.namespace, obj.name, obj.uid, obj.resource_version, snap.trust.version,
-           str(policy.allowServiceAccountApprovers), automation_key(policy))
-    cacheable = bool(obj.uid and obj.resource_version)
-    found = ctx.memo.get(key) if cacheable else None
-    if found is None:
-        found = verify_approval(obj.namespace, obj.spec, snap.trust,
-                                allow_service_accounts=policy.allowServiceAccountApprovers,
-                                automation=automation_users(policy))
-        if cacheable:
-            ctx.memo.put(key, found)
-    return found
-
-
-def _fit(obj: ApprovalObject, verified: VerifiedApproval, change: Change, snap: Snapshot,
-         policy: Policy, settings: NamespaceSettings, now: datetime) -> Fit:
-    return fit(verified, change, cluster=policy.clusterName, now=now,
-               max_lifetime=policy.maxApprovalLifetime, record_pattern=policy.changeRecordPattern,
-               required=settings.required_approvals, used=snap.ledger, phase=obj.phase,
-               name=obj.name)
+def _names(obj: ApprovalObject, change: Change) -> bool:
+    """Whether the ChangeApproval's spec (not yet verified) names exactly this change."""
+    spec = obj.spec
+    target = spec.get("target")
+    return (spec.get("operation") == change.operation
+            and spec.get("fromDigest") == change.from_digest
+            and spec.get("toDigest") == change.to_digest
+            and isinstance(target, dict) and target.get("uid") == change.uid)
 
 
 def _add_senior_rules(result: Fit, verified: VerifiedApproval, applier: str,
@@ -294,33 +375,3 @@ def _add_senior_rules(result: Fit, verified: VerifiedApproval, applier: str,
                             groups=groups)
     if senior is not None:
         result.problems.append(senior)
-
-
-def _record_holds(winner: ApprovalObject, record: str, snap: Snapshot, policy: Policy,
-                  settings: NamespaceSettings, now: datetime, ctx: Context, applier: str,
-                  groups: frozenset[str]) -> str:
-    """SPEC §4 rule 6: a release goes in whole. Names the first sibling that is not ready."""
-    for other in snap.approvals_in(winner.namespace):
-        if (other.uid == winner.uid and other.name == winner.name) or other.record_id != record:
-            continue
-        verified = _verified(other, snap, policy, ctx)
-        st = verified.statement
-        if st is not None and st.predicate.nonce in snap.ledger:
-            continue  # already used: that part of the release is in
-        if st is None:
-            return f"{other.name} under the same change record {record} is not valid yet"
-        problems: list[Problem] = [q for q in verified.problems
-                                   if q.code not in UNCOUNTED]
-        add_time_problems(st, now, policy.maxApprovalLifetime, problems.append)
-        if len(verified.approvers) < settings.required_approvals:
-            problems.append(Problem("approvals_insufficient",
-                                    f"{len(verified.approvers)}/{settings.required_approvals}"))
-        assert snap.trust is not None
-        extra = [declaration_problem(policy, st),
-                 senior_problem(policy, snap.trust, st, verified.approvers - {applier},
-                                applier=applier, groups=groups)]
-        problems.extend(q for q in extra if q is not None)
-        if problems:
-            return (f"{other.name} under the same change record {record} is not complete "
-                    f"({problems[0].detail}); the release goes in whole or not at all")
-    return ""

@@ -13,29 +13,31 @@ import orjson
 
 from changegate.core.approval import (
     MAX_SIGNATURES,
-    VerificationMemo,
     decode_statement,
     manifest_digest,
     spec_mismatches,
     verify_approval,
 )
+from changegate.core.budget import Budget, BudgetExhausted
 from changegate.core.digest import view
-from changegate.core.dsse import b64decode
+from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
 from changegate.core.errors import ChangeGateError, StatementError
 from changegate.core.policy import (
     BUILT_IN_EXEMPT,
     ENFORCEMENT_ANNOTATION,
     MODE_STRICTNESS,
+    REQUIRED_APPROVALS_ANNOTATION,
     ExemptWriter,
     Policy,
     load_policy,
     namespace_settings,
+    required_approvals_value,
 )
 from changegate.core.review import AdmissionRequest
 from changegate.core.senior import declaration_problem
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, Snapshot
 from changegate.core.statement import Statement, parse_statement
-from changegate.core.trust import load_trust_store
+from changegate.core.trust import TrustStore, load_trust_store
 from changegate.core.verdict import Verdict
 
 BREAK_GLASS = "changegate.io/break-glass"
@@ -145,7 +147,11 @@ def scale_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
         return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
     policy = snap.policy
     assert policy is not None
-    if not policy.selects(dict(snap.namespace(req.namespace).labels)):
+    ns = snap.namespace(req.namespace)
+    if ns is None:
+        return Verdict.deny("namespace_unknown", f"namespace {req.namespace} is not known to "
+                            "the webhook yet; its gate cannot be judged (retry shortly)")
+    if not policy.selects(dict(ns.labels)):
         return Verdict.allow("not_gated", "namespace is not tier-1")
     if req.username in policy.scaleExemptUsers:
         return Verdict.allow("scale_up", f"{req.username} is an autoscaler identity")
@@ -174,14 +180,34 @@ def _loosened_namespace(policy: Policy, old: Mapping[str, Any], new: Mapping[str
     return ""
 
 
+def _gate_metadata(obj: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """The labels and changegate.io/ annotations: all a namespace's gate can depend on."""
+    meta = (obj or {}).get("metadata") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if k.startswith("changegate.io/")}
+    return meta.get("labels") or {}, annotations
+
+
 def namespace_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
     if req.operation not in ("UPDATE", "DELETE") or req.old_object is None:
         return Verdict.allow("not_gated", "only updates and deletes of namespaces are guarded")
-    policy = snap.policy or Policy()  # a broken policy must not unguard namespaces
-    if not policy.selects(dict((req.old_object.get("metadata") or {}).get("labels") or {})):
+    new = None if req.operation == "DELETE" else req.object
+    bad = _bad_required_approvals(req.old_object, new)
+    if bad:
+        return Verdict.deny("namespace_guard", bad)
+    policy = snap.policy
+    if policy is None:
+        # Unreadable policy: the tierSelector is unknown, so every change of the labels or
+        # changegate.io/ annotations (and every delete) of a namespace the chart's
+        # matchConditions sent us counts as loosening (SPEC §5).
+        why = ("deleting a namespace" if new is None else
+               "its labels or changegate.io/ annotations change" if
+               _gate_metadata(req.old_object) != _gate_metadata(new) else "")
+        why = why and f"{why} while the policy is unreadable ({snap.policy_error or 'missing'})"
+    elif not policy.selects(dict((req.old_object.get("metadata") or {}).get("labels") or {})):
         return Verdict.allow("not_gated", "not a tier-1 namespace")
-    why = _loosened_namespace(policy, req.old_object,
-                              None if req.operation == "DELETE" else req.object)
+    else:
+        why = _loosened_namespace(policy, req.old_object, new)
     if not why:
         return Verdict.allow("not_gated", "the change does not loosen the namespace")
     if req.groups.intersection(admin_groups(snap)):
@@ -191,6 +217,18 @@ def namespace_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
     verdict = Verdict.deny("namespace_guard", f"{why}; only policyAdminGroups may do that")
     verdict.policy_change = False
     return verdict
+
+
+def _bad_required_approvals(old: Mapping[str, Any], new: Mapping[str, Any] | None) -> str:
+    """A write that sets an unreadable required-approvals annotation is refused (SPEC §6);
+    one that keeps or removes an existing bad value is not, so it can always be fixed."""
+    new_value = _annotations(new).get(REQUIRED_APPROVALS_ANNOTATION)
+    if new_value is None or new_value == _annotations(old).get(REQUIRED_APPROVALS_ANNOTATION):
+        return ""
+    if required_approvals_value(new_value) is not None:
+        return ""
+    return (f"{REQUIRED_APPROVALS_ANNOTATION}={str(new_value)[:40]!r} is not a number from "
+            "1 to 16 in ASCII digits")
 
 
 def _policy_loosened(old: Policy, new: Policy) -> bool:
@@ -280,6 +318,9 @@ def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
                 loosened = old_policy is None or _policy_loosened(old_policy, new_policy)
         except ChangeGateError as exc:
             problem = str(exc)
+    warnings: tuple[str, ...] = ()
+    if config == "trust" and not problem and isinstance(new_text, str):
+        warnings = tuple(f"changegate: {w}" for w in load_trust_store(new_text).warnings)
     if problem:
         # A rule refusing bad input, not the webhook failing: config_invalid would count as
         # the webhook's own fault (and feed "webhook denying on errors").
@@ -289,6 +330,7 @@ def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
                                                  f"{req.username}")
     else:
         verdict = Verdict.deny("config_guard", f"only policyAdminGroups may change the {config}")
+    verdict.warnings.extend(warnings)
     verdict.config_change = (config, loosened)
     return verdict
 
@@ -308,9 +350,10 @@ def _safe_policy(text: str | None) -> Policy | None:
 
 
 def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
-                    memo: VerificationMemo) -> Verdict:
-    """SPEC §4: the rules a ChangeApproval must meet to be stored at all."""
-    del now, memo  # validity in time is judged at use, not at creation
+                    budget: Budget) -> Verdict:
+    """SPEC §4: the rules a ChangeApproval must meet to be stored at all. Nothing here is
+    memoized: the object is the request's, and any pod can send a forged review."""
+    del now  # validity in time is judged at use, not at creation
     if req.operation not in ("CREATE", "UPDATE") or req.object is None:
         return Verdict.allow("not_gated", "only creates and updates are checked")
     if req.operation == "UPDATE" and req.object.get("spec") == (req.old_object or {}).get("spec"):
@@ -337,6 +380,15 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
     st = _well_formed(req, spec, snap, policy)
     if isinstance(st, Verdict):
         return st
+    old_sigs = ((req.old_object or {}).get("spec") or {}).get("signatures") or [] if (
+        req.operation == "UPDATE") else []
+    try:
+        junk = _junk_signature(req.namespace, spec, old_sigs, trust, budget)
+    except BudgetExhausted:
+        return Verdict.deny("deadline_exceeded", "verifying this ChangeApproval's signatures "
+                            "would pass the webhook's deadline")
+    if junk is not None:
+        return junk
     if req.operation == "CREATE":
         requester = st.predicate.requestedBy
         if st.predicate.nonce in snap.ledger:
@@ -397,7 +449,11 @@ def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
                                 f"manifest has digest {got}, the statement signs {p.toDigest}: "
                                 "reviewers must read what they sign")
     if p.rollout.strategy == "canary":
-        mode = namespace_settings(policy, dict(snap.namespace(req.namespace).annotations)).mode
+        ns = snap.namespace(req.namespace)
+        if ns is None:
+            return Verdict.deny("namespace_unknown", f"namespace {req.namespace} is not known "
+                                "to the webhook yet (retry shortly)")
+        mode = namespace_settings(policy, dict(ns.annotations)).mode
         if mode != "canary":
             return Verdict.deny("canary_required", "rollout canary is accepted only in a "
                                                    "namespace whose enforcement is canary")
@@ -406,3 +462,31 @@ def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
             return Verdict.deny("canary_required", f"canary replicas {replicas} exceed "
                                                    f"maxCanaryReplicas {policy.maxCanaryReplicas}")
     return st
+
+
+def _junk_signature(namespace: str, spec: Mapping[str, Any], old: list[Any],
+                    trust: TrustStore, budget: Budget) -> Verdict | None:
+    """SPEC §4 rule 1 at the door: every signature this write adds must verify with a key
+    trusted for the namespace (approver or requester), so nobody can fill an approval with
+    junk or stop others signing. Those already stored were checked when they came (a key
+    since removed must not freeze the approval against new signatures)."""
+    message = pae(PAYLOAD_TYPE, decode_statement(spec))
+    tried: set[str] = set()
+    for index, entry in enumerate(spec.get("signatures") or []):
+        if entry in old:
+            continue
+        keyid, sig = str(entry.get("keyid", "")), b64decode(str(entry.get("sig", "")))
+        named = trust.by_keyid(keyid)
+        if named is not None and not named.approver.may_approve_in(namespace):
+            return Verdict.deny("approver_wrong_namespace",
+                                f"signatures[{index}] is by {named.approver.name}, who may not "
+                                f"sign in namespace {namespace}")
+        if trust.find_signer(sig, message, keyid, namespace, tried=tried,
+                             budget=budget) is None:
+            if named is not None:
+                return Verdict.deny("signature_invalid",
+                                    f"signatures[{index}] claims {named.approver.name}'s key "
+                                    "but does not verify over this statement")
+            return Verdict.deny("key_untrusted", f"signatures[{index}] is by no key trusted "
+                                                 f"in namespace {namespace}")
+    return None

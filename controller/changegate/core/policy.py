@@ -19,6 +19,7 @@ Mode = Literal["deny", "canary", "warn"]
 MODE_STRICTNESS: dict[str, int] = {"deny": 3, "canary": 2, "warn": 1}
 ENFORCEMENT_ANNOTATION = "changegate.io/enforcement"
 REQUIRED_APPROVALS_ANNOTATION = "changegate.io/required-approvals"
+MAX_REQUIRED_APPROVALS = 16  # SPEC §6; a statement carries at most 16 signatures anyway
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -137,7 +138,7 @@ class Policy(BaseModel):
 
     @functools.cached_property
     def view_rules(self) -> ViewRules:
-        return _view_rules(self.ignoredAnnotations, self.ignoredLabels)
+        return ViewRules(self.ignoredAnnotations, self.ignoredLabels)
 
     def selects(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.tierSelector.items())
@@ -148,17 +149,6 @@ class Policy(BaseModel):
 
     def is_autoscaled(self, namespace: str, name: str) -> bool:
         return any(w.namespace == namespace and w.name == name for w in self.autoscaled)
-
-
-_RULES_CACHE: dict[tuple[tuple[str, ...], tuple[str, ...]], ViewRules] = {}
-
-
-def _view_rules(annotations: tuple[str, ...], labels: tuple[str, ...]) -> ViewRules:
-    key = (annotations, labels)
-    rules = _RULES_CACHE.get(key)
-    if rules is None:
-        rules = _RULES_CACHE.setdefault(key, ViewRules(annotations, labels))
-    return rules
 
 
 def load_policy(text: str | bytes | None) -> Policy:
@@ -181,7 +171,7 @@ def load_policy(text: str | bytes | None) -> Policy:
         raise PolicyError(f"policy: {where}: {err['msg']}") from exc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class NamespaceSettings:
     """What applies in one namespace once its annotations are read."""
 
@@ -205,9 +195,21 @@ def namespace_settings(policy: Policy, annotations: dict[str, str]) -> Namespace
     required = policy.requiredApprovals
     raw_required = annotations.get(REQUIRED_APPROVALS_ANNOTATION)
     if raw_required is not None:
-        if raw_required.isdigit() and int(raw_required) > required:
-            required = int(raw_required)
-        elif not raw_required.isdigit():
-            notes.append(f"{REQUIRED_APPROVALS_ANNOTATION}={raw_required!r} is not a number; "
-                         f"using {required}")
-    return NamespaceSettings(mode, required, tuple(notes))
+        value = required_approvals_value(raw_required)
+        if value is None:
+            notes.append(f"{REQUIRED_APPROVALS_ANNOTATION}={str(raw_required)[:40]!r} is not a "
+                         f"number from 1 to 16; ignored, using {required}")
+        else:
+            required = max(required, value)  # it can only raise the count
+    return NamespaceSettings(mode=mode, required_approvals=required, notes=tuple(notes))
+
+
+_REQUIRED = re.compile(r"[0-9]{1,2}")  # ASCII only: str.isdigit() accepts "²", int() does not
+
+
+def required_approvals_value(raw: object) -> int | None:
+    """The annotation's count (SPEC §6: ASCII digits, 1 to 16), or None when unreadable."""
+    if not isinstance(raw, str) or not _REQUIRED.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if 1 <= value <= MAX_REQUIRED_APPROVALS else None

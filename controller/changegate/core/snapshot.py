@@ -7,9 +7,12 @@ one from files. Same type, same decision.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from changegate.core.policy import Policy
 from changegate.core.trust import TrustStore
@@ -82,6 +85,10 @@ class ApprovalObject:
     # Derived once here, not per request: the webhook scans these on every decision.
     record_id: str = field(init=False, default="")
     target_key: tuple[str, str] = field(init=False, default=("", ""))
+    # What verification reads (the spec without its manifest), hashed: the verification
+    # memo's key, so relabelling (a new resourceVersion) re-verifies nothing. "" when the
+    # spec cannot be serialised (then nothing is memoized).
+    content_key: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         record = self.spec.get("changeRecord")
@@ -91,6 +98,12 @@ class ApprovalObject:
         object.__setattr__(self, "target_key", (
             (str(target.get("kind", "")), str(target.get("name", "")))
             if isinstance(target, dict) else ("", "")))
+        try:
+            blob = orjson.dumps({k: v for k, v in self.spec.items() if k != "manifest"},
+                                option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, say
+            return
+        object.__setattr__(self, "content_key", hashlib.sha256(blob).hexdigest())
 
 
 @dataclass(frozen=True)
@@ -107,10 +120,10 @@ class Snapshot:
     trust_error: str = ""
     policy_error: str = ""
     ready: bool = True
-    # Facts computed from this snapshot alone (per namespace: tier-1 or not, its settings),
-    # read by every decision. A snapshot never changes, so they are computed once; a new
-    # snapshot (every cache event) starts empty.
-    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Offline tools only (`check`, `serve --static`, SPEC §10): a namespace not given counts
+    # as tier-1 with no annotations. The webhook's snapshot leaves it False: a namespace
+    # its cache has not seen is denied, never judged by defaults (SPEC §5).
+    assume_tier1: bool = False
 
     @property
     def config_error(self) -> str:
@@ -120,10 +133,10 @@ class Snapshot:
             return self.policy_error or "policy missing"
         return ""
 
-    def namespace(self, name: str) -> NamespaceInfo:
-        """Unknown namespaces count as tier-1 with no annotations (fail closed)."""
+    def namespace(self, name: str) -> NamespaceInfo | None:
+        """None for a namespace not seen (the caller denies); see ``assume_tier1``."""
         info = self.namespaces.get(name)
-        if info is not None:
+        if info is not None or not self.assume_tier1:
             return info
         labels = dict(self.policy.tierSelector) if self.policy else {}
         return NamespaceInfo(name, labels)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -218,7 +217,7 @@ def build_statement(
     issued_at: datetime,
     expires_at: datetime,
     rollout: Mapping[str, Any] | None = None,
-    nonce: str | None = None,
+    nonce: str,
     assistance: str | None = None,
 ) -> bytes:
     """The statement bytes to sign. Canonical JSON, so the same inputs give the same bytes."""
@@ -235,7 +234,7 @@ def build_statement(
         "issuedAt": format_time(issued_at),
         "expiresAt": format_time(expires_at),
         "rollout": dict(rollout or {"strategy": "direct"}),
-        "nonce": nonce or str(uuid.uuid4()),
+        "nonce": nonce,  # the caller's uuid4: nothing random inside the pure core
     }
     if assistance is not None:  # absent, not null: an undeclared statement says nothing
         predicate["assistance"] = assistance

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from changegate.core.budget import Budget
 from changegate.core.dsse import PublicKey, load_public_key
 from changegate.core.errors import ChangeGateError, TrustStoreError
 
@@ -23,7 +24,8 @@ class ApproverEntry(BaseModel):
 
     name: str = Field(min_length=1)
     role: Literal["approver", "requester"] = "approver"
-    namespaces: tuple[str, ...] = ("*",)
+    # Required (SPEC §9): an entry without it approves nowhere, and the loader warns.
+    namespaces: tuple[str, ...] = ()
     senior: bool = False  # SPEC §6a: counts as a senior signature
     keys: tuple[str, ...] = Field(min_length=1)
 
@@ -46,12 +48,12 @@ class TrustedKey:
 class TrustStore:
     """Loaded keys indexed by keyid. ``version`` changes whenever the content does."""
 
-    def __init__(self, entries: list[ApproverEntry], keys: dict[str, TrustedKey], version: str):
+    def __init__(self, entries: list[ApproverEntry], keys: dict[str, TrustedKey], version: str,
+                 warnings: tuple[str, ...] = ()) -> None:
         self.entries = entries
         self._by_keyid = keys
         self.version = version
-        # Per-namespace answers, asked on every admission; the store never changes.
-        self._eligible: dict[tuple[str, bool, frozenset[str]], frozenset[str]] = {}
+        self.warnings = warnings  # entries that load but grant nothing (no namespaces)
 
     def __len__(self) -> int:
         return len(self._by_keyid)
@@ -62,31 +64,43 @@ class TrustStore:
     def by_keyid(self, keyid: str) -> TrustedKey | None:
         return self._by_keyid.get(keyid)
 
-    def find_signer(self, signature: bytes, message: bytes, keyid_hint: str) -> TrustedKey | None:
-        """The trusted key that made ``signature``. The hint only orders the search."""
+    def keys_for(self, namespace: str) -> tuple[TrustedKey, ...]:
+        """Every key whose entry may sign in ``namespace`` (approver or requester)."""
+        return tuple(k for k in self._by_keyid.values() if k.approver.may_approve_in(namespace))
+
+    def find_signer(self, signature: bytes, message: bytes, keyid_hint: str, namespace: str,
+                    *, tried: set[str], budget: Budget) -> TrustedKey | None:
+        """The key trusted in ``namespace`` that made ``signature`` (SPEC §4 rule 1).
+
+        The key ``keyid_hint`` names is tried first; after it, each other key trusted in
+        the namespace at most once per ``tried`` set (the caller keeps one per approval),
+        so sixteen junk signatures cost sixteen verifications plus one per key, not
+        sixteen times every key. Each verification is taken from ``budget``.
+        """
         hinted = self._by_keyid.get(keyid_hint)
-        if hinted is not None and hinted.key.verify(signature, message):
-            return hinted
-        for trusted in self._by_keyid.values():
-            if trusted is not hinted and trusted.key.verify(signature, message):
+        if hinted is not None and hinted.approver.may_approve_in(namespace):
+            budget.take()
+            if hinted.key.verify(signature, message):
+                return hinted
+        for trusted in self.keys_for(namespace):
+            keyid = trusted.key.keyid
+            if trusted is hinted or keyid in tried:
+                continue
+            tried.add(keyid)
+            budget.take()
+            if trusted.key.verify(signature, message):
                 return trusted
         return None
 
     def eligible_approvers(self, namespace: str, *, allow_service_accounts: bool,
                            automation: frozenset[str] = frozenset()) -> frozenset[str]:
         """Who may approve in ``namespace``; automation identities never do (SPEC §6a)."""
-        key = (namespace, allow_service_accounts, automation)
-        found = self._eligible.get(key)
-        if found is None:
-            if len(self._eligible) > 10_000:
-                self._eligible.clear()
-            found = self._eligible[key] = frozenset(
-                e.name for e in self.entries
-                if e.role == "approver"
-                and e.may_approve_in(namespace)
-                and e.name not in automation
-                and (allow_service_accounts or not e.name.startswith("system:")))
-        return found
+        return frozenset(
+            e.name for e in self.entries
+            if e.role == "approver"
+            and e.may_approve_in(namespace)
+            and e.name not in automation
+            and (allow_service_accounts or not e.name.startswith("system:")))
 
     def seniors(self) -> frozenset[str]:
         """Names of the entries marked ``senior: true`` (role approver)."""
@@ -116,6 +130,7 @@ def load_trust_store(text: str | bytes) -> TrustStore:
     entries: list[ApproverEntry] = []
     keys: dict[str, TrustedKey] = {}
     names: set[str] = set()
+    warnings: list[str] = []
     for index, raw in enumerate(parsed.approvers):
         label = _entry_label(index, raw)
         try:
@@ -139,8 +154,12 @@ def load_trust_store(text: str | bytes) -> TrustStore:
                     "one key must speak for one person"
                 )
             keys[key.keyid] = TrustedKey(entry, key)
+        if not entry.namespaces:
+            warnings.append(f"trust store: {label} lists no namespaces and approves nowhere; "
+                            'add namespaces: [...] (["*"] for all)')
         entries.append(entry)
-    return TrustStore(entries, keys, "sha256:" + hashlib.sha256(raw_bytes).hexdigest())
+    return TrustStore(entries, keys, "sha256:" + hashlib.sha256(raw_bytes).hexdigest(),
+                      tuple(warnings))
 
 
 def trust_entry_yaml(name: str, public_pem: str, namespaces: list[str] | None = None) -> str:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Outcome = Literal["allowed", "denied", "warned", "error"]
 MAX_WARNING = 255  # the API server may cut longer warnings
 WEBHOOK_FAULTS = frozenset({"config_invalid", "cache_not_ready", "internal_error",
-                            "deadline_exceeded"})
+                            "deadline_exceeded", "namespace_unknown"})
 TRUST_REASONS = frozenset({"signature_invalid", "key_untrusted", "approver_wrong_namespace",
                            "approver_duplicate", "self_approval", "applier_approval",
                            "approval_used", "spec_statement_mismatch", "statement_invalid",
@@ -176,8 +176,12 @@ class Verdict:
             operation=req.operation, namespace=req.namespace, from_digest=self.from_digest,
             to_digest=self.to_digest, approvals=approvals, record=self.record,
             approval=self.approval, approvers=tuple(sorted(self.approvers)),
-            break_glass=self.break_glass, signature_results=self.signature_results,
-            policy_change=self.policy_change, config_change=self.config_change,
+            # A dry-run (kubectl diff, Argo CD's diff) changes nothing: no break-glass, no
+            # config or policy change to count or page on.
+            break_glass=self.break_glass and not req.dry_run,
+            signature_results=self.signature_results,
+            policy_change=None if req.dry_run else self.policy_change,
+            config_change=None if req.dry_run else self.config_change,
             dry_run=req.dry_run)
 
     def _denial(self, req: AdmissionRequest, snap: Snapshot, approvals: str

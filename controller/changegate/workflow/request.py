@@ -7,6 +7,7 @@ a render leaves nothing half requested.
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -178,7 +179,7 @@ def create_approvals(api: Api, site: Site, plan: Plan, *, record: str, url: str 
             operation=change.operation, from_digest=change.from_digest,
             to_digest=change.to_digest, record_id=record, record_url=url, requested_by=user,
             issued_at=now, expires_at=now + lifetime, manifest=change.manifest,
-            rollout=this_rollout, assistance=assistance)
+            rollout=this_rollout, assistance=assistance, nonce=str(uuid.uuid4()))
         m = body["metadata"]
         m["labels"] = {RECORD_LABEL: approval_name(record, "", "")}
         m["annotations"] = {WRITE_ANNOTATION: RESTART if mode == RESTART else mode}
