@@ -184,3 +184,66 @@ def test_check_decides_the_senior_rule_offline(files):
     (files / "ai.yaml").write_text(yaml.safe_dump(sign(approval_for(review, assistance="ai"),
                                                        "bob", "erin")))
     assert cg(*args, "--approval", str(files / "ai.yaml")).returncode == 0
+
+
+# --- issue 18, shown offline with `check` as a person runs it ------------------------------
+
+def _check(files, review, *extra):
+    (files / "review.json").write_text(json.dumps(review))
+    return cg("check", "--review", str(files / "review.json"), "--trust",
+              str(files / "trust.yaml"), *extra, *NOW)
+
+
+def test_check_rule1_a_junk_signature_spoils_nothing(files):
+    from changegate.core.compose import signed
+    from changegate.core.dsse import generate
+    review = fixture("deployment-update")
+    approval = signed(sign(approval_for(review), "bob"), generate(), generate())
+    (files / "junk.yaml").write_text(yaml.safe_dump(sign(approval, "carol")))
+    result = _check(files, review, "--approval", str(files / "junk.yaml"))
+    assert result.returncode == 0 and "approved" in result.stdout, result.stdout
+    (files / "ca.json").write_text(json.dumps({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u", "kind": {"group": "changegate.io", "version": "v1alpha1",
+                                 "kind": "ChangeApproval"},
+            "resource": {"group": "changegate.io", "version": "v1alpha1",
+                         "resource": "changeapprovals"},
+            "name": "chg-1234", "namespace": "payments", "operation": "CREATE",
+            "userInfo": {"username": "alice"}, "object": approval}}))
+    door = cg("check", "--review", str(files / "ca.json"), "--trust", str(files / "trust.yaml"),
+              *NOW)
+    assert door.returncode == 1 and "key_untrusted" in door.stdout, door.stdout
+
+
+@pytest.mark.parametrize("value", ["²", "1" * 5000])
+def test_check_spec6_an_unreadable_required_approvals_warns_and_never_tracebacks(files, value):
+    (files / "ns.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "payments", "labels": {"tier": "tier-1"},
+            "annotations": {"changegate.io/required-approvals": value}}}))
+    result = _check(files, fixture("deployment-update"), "--approval",
+                    str(files / "approval.yaml"), "--namespace", str(files / "ns.yaml"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "required-approvals" in result.stdout and "ignored" in result.stdout
+
+
+def test_check_spec5_break_glass_fixes_an_object_that_cannot_be_digested(files):
+    review = fixture("deployment-break-glass")
+    review["request"]["oldObject"]["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"] = 2 ** 60
+    (files / "policy.yaml").write_text("breakGlassGroups: [sre-oncall]\n")
+    result = _check(files, review, "--policy", str(files / "policy.yaml"))
+    assert result.returncode == 0 and "break_glass" in result.stdout, result.stdout
+
+
+def test_check_a_restart_beside_a_used_approval_names_the_restart_path(files):
+    review = fixture("deployment-rollout-restart")
+    earlier = fixture("deployment-rollout-restart")
+    earlier["request"]["object"]["spec"]["replicas"] = 5
+    used = sign(approval_for(earlier), "bob", "carol")
+    used["status"] = {"phase": "Applied"}
+    (files / "used.yaml").write_text(yaml.safe_dump(used))
+    result = _check(files, review, "--approval", str(files / "used.yaml"))
+    assert result.returncode == 1 and "restart_unapproved" in result.stdout, result.stdout
+    assert "changegate request --restart" in result.stdout
+    assert "approval_used" not in result.stdout
