@@ -379,3 +379,12 @@ def test_the_pure_core_keeps_no_memo_and_draws_no_randomness():
     assert "memo" not in {f.name for f in dataclasses.fields(Snapshot)}
     assert inspect.signature(build_statement).parameters["nonce"].default is (
         inspect.Parameter.empty)
+
+
+def test_bounded_work_a_pile_of_unsigned_approvals_cannot_hide_the_signed_one():
+    review = fixture("deployment-update")
+    pile = [approval_for(review, name=f"pile-{i}", requested_by="mallory", record=f"CHG-{i}")
+            for i in range(40)]
+    good = sign(approval_for(review, name="good"), "bob", "carol")
+    decision = run(review, *pile, good)
+    assert decision.allowed and decision.approval == "good", decision.message

@@ -250,9 +250,12 @@ class _Search:
     def find(self, change: Change, autoscaled: bool) -> tuple[Fit | None, list[Fit]]:
         mine = [o for o in self.snap.approvals_in(change.namespace)
                 if o.target_key == (change.kind, change.name)]
-        # Those whose (unverified) spec names this very change first, then the live ones:
-        # the cap never hides the approval that admits, nor favours a used one.
-        mine.sort(key=lambda o: (not _names(o, change), o.phase in ("Applied", "Expired")))
+        # Those whose (unverified) spec names this very change first, then the live ones,
+        # then the most signed: a pile of unsigned approvals naming the change (anyone who
+        # may create one can make them) never pushes the signed one past the cap, since
+        # the door admits no signature that does not verify.
+        mine.sort(key=lambda o: (not _names(o, change), o.phase in ("Applied", "Expired"),
+                                 -_signature_count(o)))
         fits: list[Fit] = []
         for obj in mine[:MAX_APPROVALS_PER_TARGET]:
             verified = self._verify(obj)
@@ -349,6 +352,11 @@ class _Search:
                 return (f"{other.name} under the same change record {record} is not complete "
                         f"({problems[0].detail}); the release goes in whole or not at all")
         return ""
+
+
+def _signature_count(obj: ApprovalObject) -> int:
+    signatures = obj.spec.get("signatures")
+    return len(signatures) if isinstance(signatures, list) else 0
 
 
 def _names(obj: ApprovalObject, change: Change) -> bool:
