@@ -3,8 +3,8 @@ approval and record, and why it was decided so. The webhook writes it as one JSO
 decision (logs.py adds, for a config-guard change, what the change changes).
 
 It never carries secrets: no object bodies (a ConfigMap's data may be one), no statements
-or signatures, no `userInfo.extra` (it holds credential ids). Pure, and compiled with the
-rest of the core: it is built for every request.
+or signatures, no `userInfo.extra` (it holds credential ids). Pure: it is built for every
+request.
 """
 
 from __future__ import annotations

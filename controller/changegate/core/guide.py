@@ -10,8 +10,6 @@ if TYPE_CHECKING:
 
 
 def next_step(code: str, req: AdmissionRequest, v: Verdict) -> str:
-    # f-strings, not str.format templates: this runs on every denial, and format() with
-    # keywords cost ~1 us against ~0.1 us (mypyc builds an f-string in place).
     ns, approval = req.namespace, v.approval
     record = v.record or "<CHANGE-ID>"
     match code:

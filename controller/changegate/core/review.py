@@ -7,6 +7,7 @@ server sent, not what a model would make of it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -19,37 +20,28 @@ OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AdmissionRequest:
-    """One request, read once, never changed. A plain class with its own ``__init__``, one
-    per admission: see verdict.Decision for why not a NamedTuple or a dataclass."""
+    """One request, read once, never changed."""
 
-    __slots__ = ("dry_run", "group", "groups", "kind", "name", "namespace", "object",
-                 "old_object", "operation", "resource", "resource_group", "sub_resource",
-                 "uid", "user_extra", "username", "version")
-
-    def __init__(self, uid: str, group: str, version: str, kind: str, resource: str,
-                 sub_resource: str, namespace: str, name: str, operation: str, username: str,
-                 groups: frozenset[str], object: dict[str, Any] | None,
-                 old_object: dict[str, Any] | None, dry_run: bool,
-                 user_extra: Mapping[str, Any] = NO_EXTRA, resource_group: str = "") -> None:
-        self.uid = uid
-        self.group = group
-        self.version = version
-        self.kind = kind
-        self.resource = resource
-        self.sub_resource = sub_resource
-        self.namespace = namespace
-        self.name = name
-        self.operation = operation
-        self.username = username
-        self.groups = groups
-        self.object = object
-        self.old_object = old_object
-        self.dry_run = dry_run
-        self.user_extra = user_extra
-        # request.resource.group: what the request is FOR. Route by this, never by the
-        # kind: deployments/scale arrives as kind autoscaling/v1 Scale on apps/deployments.
-        self.resource_group = resource_group
+    uid: str
+    group: str
+    version: str
+    kind: str
+    resource: str
+    sub_resource: str
+    namespace: str
+    name: str
+    operation: str
+    username: str
+    groups: frozenset[str]
+    object: dict[str, Any] | None
+    old_object: dict[str, Any] | None
+    dry_run: bool
+    user_extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
+    # request.resource.group: what the request is FOR. Route by this, never by the
+    # kind: deployments/scale arrives as kind autoscaling/v1 Scale on apps/deployments.
+    resource_group: str = ""
 
     def __repr__(self) -> str:
         return (f"AdmissionRequest({self.operation} {self.resource} "
@@ -108,22 +100,22 @@ def parse_review(doc: Any) -> AdmissionRequest:
         raise ReviewError("request.userInfo.username is not a string")
     extra = user.get("extra")
     return AdmissionRequest(
-        _str(req, "uid"),
-        str(kind.get("group") or ""),
-        str(kind.get("version") or ""),
-        str(kind.get("kind") or ""),
-        str(resource.get("resource") or ""),
-        str(req.get("subResource") or ""),
-        _str(req, "namespace", required=False),
-        _str(req, "name", required=False),
-        operation,
-        username,
-        frozenset(groups),
-        _obj(req, "object"),
-        _obj(req, "oldObject"),
-        bool(req.get("dryRun")),
-        extra if type(extra) is dict else NO_EXTRA,
-        str(resource.get("group") or ""),
+        uid=_str(req, "uid"),
+        group=str(kind.get("group") or ""),
+        version=str(kind.get("version") or ""),
+        kind=str(kind.get("kind") or ""),
+        resource=str(resource.get("resource") or ""),
+        sub_resource=str(req.get("subResource") or ""),
+        namespace=_str(req, "namespace", required=False),
+        name=_str(req, "name", required=False),
+        operation=operation,
+        username=username,
+        groups=frozenset(groups),
+        object=_obj(req, "object"),
+        old_object=_obj(req, "oldObject"),
+        dry_run=bool(req.get("dryRun")),
+        user_extra=extra if type(extra) is dict else NO_EXTRA,
+        resource_group=str(resource.get("group") or ""),
     )
 
 

@@ -6,6 +6,7 @@ and the CLI's exit code are all derived from them here, once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
@@ -28,49 +29,32 @@ TRUST_REASONS = frozenset({"signature_invalid", "key_untrusted", "approver_wrong
                            "trust_store_invalid", "namespace_mismatch"})
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Decision:
-    """The answer, as every adapter reads it, built once per admission and never changed.
+    """The answer, as every adapter reads it, built once per admission and never changed."""
 
-    A plain class with its own ``__init__``: compiled (setup.py), a NamedTuple's or a
-    dataclass's generated constructor still runs as interpreted Python, ~2 us a request in
-    place (perf); plain Python, it costs what the NamedTuple did.
-    """
-
-    __slots__ = ("allowed", "approval", "approvals", "approvers", "audit", "break_glass",
-                 "code", "config_change", "detail", "dry_run", "from_digest", "kind",
-                 "message", "namespace", "operation", "outcome", "policy_change",
-                 "reasons", "record", "signature_results", "to_digest", "warnings")
-
-    def __init__(self, *, allowed: bool, outcome: Outcome, code: str, detail: str,
-                 reasons: tuple[Problem, ...], message: str, warnings: tuple[str, ...],
-                 audit: MappingProxyType[str, str], kind: str, operation: str, namespace: str,
-                 from_digest: str = "none", to_digest: str = "none", approvals: str = "",
-                 record: str = "", approval: str = "", approvers: tuple[str, ...] = (),
-                 break_glass: bool = False, signature_results: tuple[str, ...] = (),
-                 policy_change: bool | None = None,
-                 config_change: tuple[str, bool] | None = None, dry_run: bool = False) -> None:
-        self.allowed = allowed
-        self.outcome = outcome
-        self.code = code  # primary reason code
-        self.detail = detail
-        self.reasons = reasons
-        self.message = message  # the denial text (empty when allowed)
-        self.warnings = warnings
-        self.audit = audit
-        self.kind = kind
-        self.operation = operation
-        self.namespace = namespace
-        self.from_digest = from_digest
-        self.to_digest = to_digest
-        self.approvals = approvals
-        self.record = record
-        self.approval = approval
-        self.approvers = approvers
-        self.break_glass = break_glass
-        self.signature_results = signature_results
-        self.policy_change = policy_change  # namespace guard: loosening seen (allowed?)
-        self.config_change = config_change  # (config name, loosened)
-        self.dry_run = dry_run
+    allowed: bool
+    outcome: Outcome
+    code: str  # primary reason code
+    detail: str
+    reasons: tuple[Problem, ...]
+    message: str  # the denial text (empty when allowed)
+    warnings: tuple[str, ...]
+    audit: MappingProxyType[str, str]
+    kind: str
+    operation: str
+    namespace: str
+    from_digest: str = "none"
+    to_digest: str = "none"
+    approvals: str = ""
+    record: str = ""
+    approval: str = ""
+    approvers: tuple[str, ...] = ()
+    break_glass: bool = False
+    signature_results: tuple[str, ...] = ()
+    policy_change: bool | None = None  # namespace guard: loosening seen (allowed?)
+    config_change: tuple[str, bool] | None = None  # (config name, loosened)
+    dry_run: bool = False
 
     def __repr__(self) -> str:
         return (f"Decision(outcome={self.outcome!r}, code={self.code!r}, "
@@ -90,36 +74,29 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_WARNING else text[: MAX_WARNING - 3] + "..."
 
 
+@dataclass(kw_only=True, slots=True)
 class Verdict:
-    """A decision while it is being made: a route fills it in, finish() makes the Decision.
-    Its own ``__init__`` rather than a dataclass's, for the reason given at Decision."""
+    """A decision while it is being made: a route fills it in, finish() makes the Decision."""
 
-    __slots__ = ("allowed", "approval", "approvals", "approvers", "break_glass", "code",
-                 "config_change", "detail", "extra", "from_digest", "image_tags", "kind",
-                 "nonce", "policy_change", "record", "settings", "signature_results",
-                 "to_digest", "warnings")
-
-    def __init__(self, *, allowed: bool = False, code: str = "", detail: str = "",
-                 kind: str = "", settings: NamespaceSettings | None = None) -> None:
-        self.allowed = allowed
-        self.code = code
-        self.detail = detail
-        self.kind = kind
-        self.settings = settings
-        self.warnings: list[str] = []
-        self.extra: list[Problem] = []
-        self.from_digest = "none"
-        self.to_digest = "none"
-        self.approval = ""
-        self.approvers: frozenset[str] = frozenset()
-        self.approvals = 0
-        self.record = ""
-        self.nonce = ""
-        self.image_tags: list[str] = []
-        self.break_glass = False
-        self.signature_results: tuple[str, ...] = ()
-        self.policy_change: bool | None = None
-        self.config_change: tuple[str, bool] | None = None
+    allowed: bool = False
+    code: str = ""
+    detail: str = ""
+    kind: str = ""
+    settings: NamespaceSettings | None = None
+    warnings: list[str] = field(default_factory=list)
+    extra: list[Problem] = field(default_factory=list)
+    from_digest: str = "none"
+    to_digest: str = "none"
+    approval: str = ""
+    approvers: frozenset[str] = frozenset()
+    approvals: int = 0
+    record: str = ""
+    nonce: str = ""
+    image_tags: list[str] = field(default_factory=list)
+    break_glass: bool = False
+    signature_results: tuple[str, ...] = ()
+    policy_change: bool | None = None
+    config_change: tuple[str, bool] | None = None
 
     @classmethod
     def allow(cls, code: str, detail: str) -> Verdict:
