@@ -13,7 +13,7 @@ signature_invalid|key_untrusted|approver_wrong_namespace|approver_duplicate|self
 
 {{/* Deny reasons of the webhook itself (docs/contracts.md). */}}
 {{- define "changegate.selfReasons" -}}
-config_invalid|cache_not_ready|internal_error|deadline_exceeded
+config_invalid|cache_not_ready|internal_error|deadline_exceeded|namespace_unknown
 {{- end -}}
 
 {{/*
