@@ -18,6 +18,7 @@ from changegate.core.policy import (
     Policy,
     load_policy,
     parse_duration,
+    required_approvals_value,
 )
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY
 from changegate.core.trust import TrustStore, load_trust_store
@@ -55,7 +56,8 @@ class Site:
             return self.required
         raw = ((ns.get("metadata") or {}).get("annotations") or {}).get(
             REQUIRED_APPROVALS_ANNOTATION, "")
-        return max(self.required, int(raw)) if str(raw).isdigit() else self.required
+        value = required_approvals_value(raw)  # "²" or a huge count: ignored, as the webhook
+        return self.required if value is None else max(self.required, value)
 
 
 def _hpa_targets(api: Api, namespace: str) -> frozenset[str]:
