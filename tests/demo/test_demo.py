@@ -16,7 +16,7 @@ def test_demo_plays_every_step_with_the_expected_verdict():
     # The verdicts a person reads, in order.
     for needle in ("reason: no_approval", "reason: approvals_insufficient",
                    "reason: self_approval", "reason: signature_invalid",
-                   "admitted (allowed:approved)", "reason: digest_mismatch",
+                   "admitted (allowed:approved)",
                    "reason: approval_used", "reason: change_record_invalid",
                    "Warning: changegate: would DENY:", "BREAK-GLASS by dana",
                    "changegate_break_glass_total", "All 13 steps got the expected verdict"):

@@ -388,3 +388,13 @@ def test_bounded_work_a_pile_of_unsigned_approvals_cannot_hide_the_signed_one():
     good = sign(approval_for(review, name="good"), "bob", "carol")
     decision = run(review, *pile, good)
     assert decision.allowed and decision.approval == "good", decision.message
+
+
+def test_a_replay_is_explained_by_the_used_approval_it_replays_not_a_pending_other():
+    review = fixture("deployment-update")
+    used = sign(approval_for(review, name="used"), "bob", "carol")
+    other = copy.deepcopy(review)
+    other["request"]["object"]["spec"]["replicas"] = 9
+    pending = sign(approval_for(other, name="pending", record="CHG-9"), "bob")
+    decision = run(review, used, pending, ledger=ledger_with(nonce_of(used)))
+    assert decision.code == "approval_used" and decision.approval == "used", decision.message

@@ -295,9 +295,8 @@ def run_story(story: Story) -> None:
     fake = signed(forged, keys["mallory"])["spec"]["signatures"][-1]
     fake["keyid"] = keys["carol"].public.keyid  # claims to be carol
     forged["spec"]["signatures"].append(fake)
-    story.store(forged)
-    story.play("mallory forges carol's signature on another change",
-               review("UPDATE", forged_target, live, "alice"), False, "signature_invalid")
+    story.play("mallory forges carol's signature on another change: refused at the door",
+               review("CREATE", forged, None, "alice"), False, "signature_invalid")
 
     approval = signed(approval, keys["carol"])
     story.store(approval)
@@ -314,7 +313,7 @@ def run_story(story: Story) -> None:
     current = persisted(new)
     other = updated(current, set_image("6.6.6"))
     story.play("someone replays that approval for a different change (1.42.0 -> 6.6.6)",
-               review("UPDATE", other, current, "mallory"), False, "digest_mismatch")
+               review("UPDATE", other, current, "mallory"), False, "no_approval")
     rolled_back = persisted(updated(current, set_image("1.41.0")))
     again = updated(rolled_back, set_image("1.42.0"))
     story.play("someone rolls back and replays the approved change itself",

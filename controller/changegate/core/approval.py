@@ -378,15 +378,12 @@ def manifest_digest(spec: Mapping[str, Any], rules: ViewRules, autoscaled: bool)
 
 
 def best(fits: Iterable[Fit]) -> Fit | None:
-    """The approval closest to admitting the change, to explain a denial: one that could
-    still admit something, else a used or expired one only if it names this very change.
-    A used approval of an earlier change stays listed for 30 days; it must not explain
-    every later denial (nor hide the restart path)."""
-    candidates = list(fits)
-    alive = [f for f in candidates if f.alive]
-    if not alive:
-        alive = [f for f in candidates if not f.names_another_change]
-    return min(alive, key=_closeness) if alive else None  # the first of the closest
+    """The approval closest to admitting the change, to explain a denial. A used or
+    expired approval explains only a denial of the very change it names (a replay); one
+    of an earlier change stays listed for 30 days and must not explain every later
+    denial, nor hide the restart path."""
+    candidates = [f for f in fits if f.alive or not f.names_another_change]
+    return min(candidates, key=_closeness) if candidates else None  # first of the closest
 
 
 def _closeness(f: Fit) -> tuple[bool, bool, bool, int, int]:
