@@ -398,3 +398,10 @@ def test_a_replay_is_explained_by_the_used_approval_it_replays_not_a_pending_oth
     pending = sign(approval_for(other, name="pending", record="CHG-9"), "bob")
     decision = run(review, used, pending, ledger=ledger_with(nonce_of(used)))
     assert decision.code == "approval_used" and decision.approval == "used", decision.message
+
+
+def test_a_break_glass_reason_added_alone_is_no_change_not_break_glass():
+    review = fixture("deployment-break-glass")
+    review["request"]["object"]["spec"] = copy.deepcopy(review["request"]["oldObject"]["spec"])
+    decision = run(review, policy=BREAK_GLASS_POLICY)
+    assert decision.allowed and decision.code == "no_change" and not decision.break_glass

@@ -153,30 +153,31 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
             return verdict.set_allow("exempt_writer", f"{req.username} is an exempt writer "
                                                       f"of {kind} {req.name}")
     autoscaled = kind == "Deployment" and snap.is_autoscaled(req.namespace, req.name)
+    scale_down = autoscaled and guards.replicas_decrease(req) and (
+        req.username not in policy.scaleExemptUsers)
+    try:
+        old = verdict.from_digest = _digest(req.old_object, policy, autoscaled)
+        new = verdict.to_digest = _digest(req.object, policy, autoscaled)
+    except NotCanonicalError as exc:
+        unreadable: NotCanonicalError | None = exc
+    else:
+        unreadable = None
+        if old == new and req.operation == "UPDATE" and not scale_down:
+            # Nothing the digest covers changes: no break-glass either (a reason added
+            # alone changes nothing under it).
+            return verdict.set_allow("no_change", "the change does not touch the approved "
+                                                  "state")
     if guards.is_break_glass(req, snap):
-        # Before anything that can fail on the object (SPEC §5): a live object whose view
-        # cannot be digested still takes a break-glass fix. Digests only for the record.
-        try:
-            verdict.from_digest = _digest(req.old_object, policy, autoscaled)
-            verdict.to_digest = _digest(req.object, policy, autoscaled)
-        except NotCanonicalError:
-            pass
+        # Before anything that fails on the object (SPEC §5): a live object whose view
+        # cannot be digested (an integer beyond 2^53) still takes a break-glass fix.
         verdict.break_glass = True
         reason = str((req.object or {}).get("metadata", {}).get("annotations", {})
                      .get(BREAK_GLASS, ""))
         verdict.warnings.append(f"changegate: BREAK-GLASS by {req.username}: {reason[:120]}"
                                 " (recorded; a review is owed)")
         return verdict.set_allow("break_glass", f"break-glass: {reason}")
-    try:
-        old = _digest(req.old_object, policy, autoscaled)
-        new = _digest(req.object, policy, autoscaled)
-    except NotCanonicalError as exc:
-        return verdict.set_deny("not_canonical", str(exc))
-    verdict.from_digest, verdict.to_digest = old, new
-    scale_down = autoscaled and guards.replicas_decrease(req) and (
-        req.username not in policy.scaleExemptUsers)
-    if old == new and req.operation == "UPDATE" and not scale_down:
-        return verdict.set_allow("no_change", "the change does not touch the approved state")
+    if unreadable is not None:
+        return verdict.set_deny("not_canonical", str(unreadable))
     if policy.is_automation(req.username, req.groups) and guards.carries_break_glass(req):
         verdict.warnings.append(f"changegate: {req.username} is an automation identity: "
                                 "break-glass is not for automation (SPEC §6a); an approval "
