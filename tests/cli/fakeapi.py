@@ -18,8 +18,10 @@ CLI makes, with the API server's behaviour where the CLI depends on it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
+import ssl
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -27,6 +29,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import trustme
 import yaml
 from aiohttp import web
 
@@ -163,6 +166,71 @@ def defaulted(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+# --- what kubectl reads before it writes ---------------------------------------------------
+
+def _resource_list(group_version: str) -> dict[str, Any]:
+    resources = [{"name": "namespaces", "singularName": "namespace", "namespaced": False,
+                  "kind": "Namespace", "verbs": ["get", "list"]}] \
+        if group_version == "v1" else []
+    for (_, plural), (api_version, kind) in RESOURCES.items():
+        if api_version == group_version:
+            resources.append({"name": plural, "singularName": kind.lower(), "namespaced": True,
+                              "kind": kind, "verbs": ["create", "delete", "get", "list",
+                                                      "patch", "update", "watch"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": resources}
+
+
+def _openapi(group_version: str) -> dict[str, Any]:
+    """Just enough OpenAPI v3 for kubectl to see that the API server validates fields
+    itself (`fieldValidation`); without schemas it computes strategic merge patches from
+    its own compiled-in types, as it does for any built-in kind."""
+    group, _, version = group_version.rpartition("/")
+    paths = {}
+    for (prefix, plural), (api_version, kind) in RESOURCES.items():
+        if api_version != group_version:
+            continue
+        gvk = {"group": group, "version": version, "kind": kind}
+        param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
+        paths[f"{prefix}/namespaces/{{namespace}}/{plural}/{{name}}"] = {
+            verb: {"x-kubernetes-group-version-kind": gvk, "parameters": param,
+                   "responses": {"200": {"description": "OK"}}}
+            for verb in ("patch", "put")}
+        paths[f"{prefix}/namespaces/{{namespace}}/{plural}"] = {
+            "post": {"x-kubernetes-group-version-kind": gvk, "parameters": param,
+                     "responses": {"201": {"description": "Created"}}}}
+    return {"openapi": "3.0.0", "info": {"title": "fake", "version": "v1"}, "paths": paths,
+            "components": {"schemas": {}}}
+
+
+def discovery(path: str) -> Any:
+    """/version, /api, /apis, their resource lists and OpenAPI v3; None for anything else."""
+    versions = sorted({v for v, _ in RESOURCES.values()})
+    groups = [v for v in versions if "/" in v]
+    if path == "/version":
+        return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake"}
+    if path == "/api":
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+    if path == "/apis":
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": g.split("/")[0], "versions": [{"groupVersion": g, "version": g.split("/")[1]}],
+             "preferredVersion": {"groupVersion": g, "version": g.split("/")[1]}}
+            for g in groups]}
+    if path == "/api/v1":
+        return _resource_list("v1")
+    if path.startswith("/apis/") and path.removeprefix("/apis/") in groups:
+        return _resource_list(path.removeprefix("/apis/"))
+    if path == "/openapi/v3":
+        return {"paths": {("api/v1" if v == "v1" else f"apis/{v}"): {
+            "serverRelativeURL": f"/openapi/v3/{'api/v1' if v == 'v1' else 'apis/' + v}"}
+            for v in versions}}
+    if path.startswith("/openapi/v3/"):
+        rest = path.removeprefix("/openapi/v3/")
+        return _openapi("v1" if rest == "api/v1" else rest.removeprefix("apis/"))
+    return None
+
+
 # --- the server ---------------------------------------------------------------------------
 
 class FakeKube:
@@ -183,6 +251,7 @@ class FakeKube:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.port = 0
+        self.ca = trustme.CA()  # kubectl sends a bearer token over TLS only
 
     # -- lifecycle and knobs ---------------------------------------------------------------
     def start(self) -> FakeKube:
@@ -195,7 +264,9 @@ class FakeKube:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("127.0.0.1").configure_cert(tls)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
@@ -207,7 +278,7 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://127.0.0.1:{self.port}"
 
     def kubeconfig(self, user: str, namespace: str | None = None) -> str:
         path = self.workdir / f"{user}.kubeconfig"
@@ -216,7 +287,10 @@ class FakeKube:
             context["namespace"] = namespace
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": user,
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": {
+                "server": self.url,
+                "certificate-authority-data": base64.b64encode(
+                    self.ca.cert_pem.bytes()).decode()}}],
             "users": [{"name": user, "user": {"token": user}}],
             "contexts": [{"name": user, "context": context}]}))
         return str(path)
@@ -288,6 +362,9 @@ class FakeKube:
             return ({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview",
                      "status": {"userInfo": {"username": user,
                                              "groups": ["system:authenticated"]}}}, [], 201)
+        found = discovery(path)
+        if found is not None:
+            return found, [], 200
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[:3] == ["api", "v1", "namespaces"]:
             ns = self.namespaces.get(parts[3])

@@ -16,6 +16,7 @@ from changegate.config import ServeConfig
 from changegate.core.approval import manifest_digest
 from changegate.core.policy import load_policy
 from changegate.core.snapshot import ProcessConfig
+from changegate.kube import AsyncKube
 from changegate.webhook import readthrough
 from changegate.webhook import watch as feeds
 from changegate.webhook.app import Webhook
@@ -60,7 +61,7 @@ async def make_cache():
     made: list[KubeCache] = []
 
     def make(api: FakeAPI) -> KubeCache:
-        cache = KubeCache(kclient.ApiClient(kclient.Configuration(host=api.url)),
+        cache = KubeCache(AsyncKube(kclient.ApiClient(kclient.Configuration(host=api.url))),
                           ProcessConfig(namespace=NS))
         cache.start()
         made.append(cache)
