@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from changegate.cli.main import main
-from tests.cli.fakeapi import FakeKube
+from tests.fakeapi import FakeKube
 from tests.support import key, trust_yaml
 
 NS = "payments"
@@ -117,7 +117,7 @@ def kube(tmp_path: Path) -> Iterator[FakeKube]:
     try:
         yield fake
     finally:
-        fake.stop()
+        fake.close()
 
 
 @pytest.fixture

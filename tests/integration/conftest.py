@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.integration.fakeapi import free_port
+from tests.fakeapi import free_port
 from tests.integration.tlsutil import TestCA
 from tests.support import FIXTURES, trust_yaml
 

@@ -1,33 +1,42 @@
-"""A small fake Kubernetes API server (aiohttp) for the workflow CLI: exactly the calls the
-CLI makes, with the API server's behaviour where the CLI depends on it.
+"""The one fake Kubernetes API server of the tests (aiohttp, real HTTPS with a trustme CA,
+in a thread of its own): the calls the CLI, kubectl and the webhook's cache make, with the
+API server's behaviour where they depend on it.
 
 - bearer-token users (the token is the username), SelfSubjectReview, a `Date` header from
-  a settable clock;
-- ConfigMaps, Deployments (with a few of the real defaults, so a dry-run result differs
-  from the file), Namespaces, HPAs, ChangeApprovals (signatures append-only, the rest
+  a settable clock; discovery and just enough OpenAPI for kubectl's client-side apply;
+- Namespaces, ConfigMaps, Deployments (with a few of the real defaults, so a dry-run result
+  differs from the file), HPAs, ChangeApprovals (signatures append-only, the rest
   immutable, like the CRD's CEL rules);
 - POST/PUT/PATCH (strategic merge, merge, apply, JSON patch)/DELETE, `dryRun=All`,
   resourceVersion and uid preconditions (409), a failed JSON-patch `test` (422);
+- lists (paged with limit/continue, labelSelector) and watches with real resourceVersion
+  semantics: replay from a version, bookmarks, 410 Expired below the compacted version;
 - an admission step that runs the real `changegate.core.decision.decide` on the write, so
   dry-runs carry `changegate: would DENY` warnings and real writes are denied like the
   webhook would;
-- knobs for tests: forbid(user, prefix), hold(path, n) (a barrier that makes n readers see
-  the same resourceVersion), clock.
+- knobs for tests: forbid(user, prefix), hold(path, users, nth) (a barrier that makes n
+  readers see the same resourceVersion), hold_events/release_events (a lagging watch),
+  drop_watches, compact, bookmark, page_size, list_delay, stop/start on the same port,
+  clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import json
+import socket
 import ssl
 import threading
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import trustme
 import yaml
@@ -37,18 +46,39 @@ from changegate.core.decision import Context, decide
 from changegate.core.review import parse_review
 from changegate.files import build_snapshot
 
-# (group/version prefix, plural) -> (apiVersion, kind)
+# plural -> (path prefix, apiVersion, kind, namespaced)
 RESOURCES = {
-    ("/api/v1", "configmaps"): ("v1", "ConfigMap"),
-    ("/apis/apps/v1", "deployments"): ("apps/v1", "Deployment"),
-    ("/apis/changegate.io/v1alpha1", "changeapprovals"): ("changegate.io/v1alpha1",
-                                                          "ChangeApproval"),
-    ("/apis/autoscaling/v2", "horizontalpodautoscalers"): ("autoscaling/v2",
-                                                           "HorizontalPodAutoscaler"),
+    "namespaces": ("/api/v1", "v1", "Namespace", False),
+    "configmaps": ("/api/v1", "v1", "ConfigMap", True),
+    "deployments": ("/apis/apps/v1", "apps/v1", "Deployment", True),
+    "changeapprovals": ("/apis/changegate.io/v1alpha1", "changegate.io/v1alpha1",
+                        "ChangeApproval", True),
+    "horizontalpodautoscalers": ("/apis/autoscaling/v2", "autoscaling/v2",
+                                 "HorizontalPodAutoscaler", True),
 }
 # Strategic-merge keys the fake honours (a subset of the real Go struct tags).
 MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name",
               "ports": "containerPort", "volumes": "name", "volumeMounts": "mountPath"}
+
+
+def plural_of(obj: dict[str, Any]) -> str:
+    for plural, (_, _, kind, _) in RESOURCES.items():
+        if obj.get("kind") == kind:
+            return plural
+    raise ValueError(f"the fake serves no {obj.get('kind')}")
+
+
+def namespace(name: str, labels: dict[str, str] | None = None,
+              annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": labels or {}}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+
+def configmap(name: str, namespace_: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace_}, "data": data}
 
 
 class Refusal(Exception):
@@ -169,14 +199,11 @@ def defaulted(obj: dict[str, Any]) -> dict[str, Any]:
 # --- what kubectl reads before it writes ---------------------------------------------------
 
 def _resource_list(group_version: str) -> dict[str, Any]:
-    resources = [{"name": "namespaces", "singularName": "namespace", "namespaced": False,
-                  "kind": "Namespace", "verbs": ["get", "list"]}] \
-        if group_version == "v1" else []
-    for (_, plural), (api_version, kind) in RESOURCES.items():
-        if api_version == group_version:
-            resources.append({"name": plural, "singularName": kind.lower(), "namespaced": True,
-                              "kind": kind, "verbs": ["create", "delete", "get", "list",
-                                                      "patch", "update", "watch"]})
+    resources = [{"name": plural, "singularName": kind.lower(), "namespaced": namespaced,
+                  "kind": kind, "verbs": ["create", "delete", "get", "list", "patch",
+                                          "update", "watch"]}
+                 for plural, (_, api_version, kind, namespaced) in RESOURCES.items()
+                 if api_version == group_version]
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
             "resources": resources}
 
@@ -187,11 +214,11 @@ def _openapi(group_version: str) -> dict[str, Any]:
     its own compiled-in types, as it does for any built-in kind."""
     group, _, version = group_version.rpartition("/")
     paths = {}
-    for (prefix, plural), (api_version, kind) in RESOURCES.items():
-        if api_version != group_version:
+    param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
+    for plural, (prefix, api_version, kind, namespaced) in RESOURCES.items():
+        if api_version != group_version or not namespaced:
             continue
         gvk = {"group": group, "version": version, "kind": kind}
-        param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
         paths[f"{prefix}/namespaces/{{namespace}}/{plural}/{{name}}"] = {
             verb: {"x-kubernetes-group-version-kind": gvk, "parameters": param,
                    "responses": {"200": {"description": "OK"}}}
@@ -205,7 +232,7 @@ def _openapi(group_version: str) -> dict[str, Any]:
 
 def discovery(path: str) -> Any:
     """/version, /api, /apis, their resource lists and OpenAPI v3; None for anything else."""
-    versions = sorted({v for v, _ in RESOURCES.values()})
+    versions = sorted({v for _, v, _, _ in RESOURCES.values()})
     groups = [v for v in versions if "/" in v]
     if path == "/version":
         return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake"}
@@ -233,12 +260,32 @@ def discovery(path: str) -> Any:
 
 # --- the server ---------------------------------------------------------------------------
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class _Watcher:
+    plural: str
+    namespace: str | None
+    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+
+
 class FakeKube:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
+        self.port = port or free_port()  # fixed, so a stopped server comes back on it
         self.store: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
-        self.namespaces: dict[str, dict[str, Any]] = {}
-        self.rv = 1000
+        self.version = 1000  # the last resourceVersion handed out
+        self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, plural, type, obj)
+        self.compacted = 0  # watches from a version below this get 410 Expired
+        self.watchers: list[_Watcher] = []
+        self.held: set[str] = set()  # plurals whose watch events wait for release_events
+        self._held_events: list[tuple[str, dict[str, Any]]] = []
+        self.page_size: int | None = None
+        self.list_delay = 0.0  # seconds each list takes (a slow API server)
         self.now: datetime | None = None
         self.forbidden: list[tuple[str, str, str]] = []  # (user, method or *, path prefix)
         self.holds: dict[str, list[Any]] = {}
@@ -247,33 +294,48 @@ class FakeKube:
         self.trust_text: str | None = None
         self.policy_text: str = ""
         self.webhook = True
+        self.ca = trustme.CA()  # kubectl sends a bearer token over TLS only
         self._ctx = Context()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.port = 0
-        self.ca = trustme.CA()  # kubectl sends a bearer token over TLS only
+        self._runner: web.AppRunner | None = None
 
     # -- lifecycle and knobs ---------------------------------------------------------------
     def start(self) -> FakeKube:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        if not self._thread.is_alive():
+            self._thread.start()
+        self._run(self._start())
         return self
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
 
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=0.1)
         await self._runner.setup()
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ca.issue_cert("127.0.0.1").configure_cert(tls)
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=tls)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=tls).start()
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        """Stop serving (open watches are cut); start() serves again on the same port."""
+        if self._thread.is_alive():
+            self._run(self._stop())
+
+    async def _stop(self) -> None:
+        self._drop_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
         self._loop.close()
 
     @property
@@ -307,32 +369,110 @@ class FakeKube:
         self.holds[path] = [set(users), nth, {}, None]
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Store an object as an administrator would have created it."""
+        """Store an object as an administrator would have created or changed it."""
         obj = defaulted(copy.deepcopy(obj))
-        if obj["kind"] == "Namespace":
-            self.namespaces[obj["metadata"]["name"]] = obj
-            return obj
-        plural = next(p for (_, p), (_, k) in RESOURCES.items() if k == obj["kind"])
-        self._stamp(obj, None)
-        m = obj["metadata"]
-        self.store[(plural, m["namespace"], m["name"])] = obj
-        return obj
+        plural = plural_of(obj)
+        m = obj.setdefault("metadata", {})
+        key = (plural, m.get("namespace", "") if RESOURCES[plural][3] else "", m["name"])
+        old = self.store.get(key)
+        self._stamp(obj, old)
+        self.store[key] = obj
+        self._emit(plural, "ADDED" if old is None else "MODIFIED", obj)
+        return copy.deepcopy(obj)
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.store.get((plural, namespace, name)))
 
+    def delete(self, plural: str, name: str, namespace: str = "") -> None:
+        gone = self.store.pop((plural, namespace, name))
+        self.version += 1
+        gone["metadata"]["resourceVersion"] = str(self.version)
+        self._emit(plural, "DELETED", gone)
+
+    def compact(self) -> None:
+        """Forget history up to now, as etcd compaction does: older versions get 410."""
+        self.compacted = self.version
+        self.history.clear()
+
+    def hold_events(self, plural: str) -> None:
+        """Watch events of ``plural`` wait (a watch lagging behind the writes)."""
+        self.held.add(plural)
+
+    def release_events(self, plural: str) -> None:
+        self.held.discard(plural)
+        pending, self._held_events = self._held_events, []
+        for held_plural, event in pending:
+            if held_plural == plural:
+                self._fan_out(held_plural, event)
+            else:
+                self._held_events.append((held_plural, event))
+
+    def bookmark(self) -> None:
+        """Advance the version without a change here (others changed) and bookmark it."""
+        self.version += 1
+        for watcher in self.watchers:
+            _, api_version, kind, _ = RESOURCES[watcher.plural]
+            self._send(watcher, {"type": "BOOKMARK", "object": {
+                "kind": kind, "apiVersion": api_version,
+                "metadata": {"resourceVersion": str(self.version)}}})
+
+    async def drop_watches(self) -> None:
+        """Cut every open watch connection, as a restarting API server or LB would."""
+        self._drop_watches()
+        await asyncio.sleep(0.05)
+
+    def _drop_watches(self) -> None:
+        for watcher in list(self.watchers):
+            self._send(watcher, None)
+
+    def queries(self, plural: str, *, watch: bool) -> list[dict[str, str]]:
+        """The query of each list (watch=False) or watch of ``plural``'s collections."""
+        out = []
+        for _, method, path_qs in self.requests:
+            path, _, query = path_qs.partition("?")
+            q = dict(parse_qsl(query))
+            if method == "GET" and path.endswith(f"/{plural}") and bool(q.get("watch")) == watch:
+                out.append(q)
+        return out
+
+    def watch_requests(self, plural: str) -> list[dict[str, str]]:
+        return self.queries(plural, watch=True)
+
+    def list_requests(self, plural: str) -> list[dict[str, str]]:
+        return self.queries(plural, watch=False)
+
     def _stamp(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        self.rv += 1
+        self.version += 1
         m = obj.setdefault("metadata", {})
-        m["resourceVersion"] = str(self.rv)
-        m["uid"] = (old or {}).get("metadata", {}).get("uid") or str(uuid.uuid4())
+        m["resourceVersion"] = str(self.version)
+        m["uid"] = ((old or {}).get("metadata", {}).get("uid") or m.get("uid")
+                    or str(uuid.uuid4()))
         m["creationTimestamp"] = ((old or {}).get("metadata", {}).get("creationTimestamp")
                                   or self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"))
         if obj.get("kind") == "ChangeApproval":
             obj.setdefault("spec", {}).setdefault("signatures", [])
 
+    # -- watch fan-out (any thread) ---------------------------------------------------------
+    def _emit(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
+        event = {"type": kind, "object": copy.deepcopy(obj)}
+        self.history.append((self.version, plural, kind, event["object"]))
+        if plural in self.held:
+            self._held_events.append((plural, event))
+        else:
+            self._fan_out(plural, event)
+
+    def _fan_out(self, plural: str, event: dict[str, Any]) -> None:
+        namespace = event["object"]["metadata"].get("namespace", "")
+        for watcher in self.watchers:
+            if watcher.plural == plural and watcher.namespace in (None, namespace):
+                self._send(watcher, event)
+
+    def _send(self, watcher: _Watcher, event: dict[str, Any] | None) -> None:
+        # Tests change the store from their own thread; the queue lives in the server's loop.
+        self._loop.call_soon_threadsafe(watcher.queue.put_nowait, event)
+
     # -- HTTP ----------------------------------------------------------------------------
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         headers = {"Date": format_datetime(self.clock(), usegmt=True)}
         auth = request.headers.get("Authorization", "")
         user = auth.removeprefix("Bearer ").strip()
@@ -345,6 +485,11 @@ class FakeKube:
                         request.path.startswith(prefix):
                     raise Refusal(403, "Forbidden", f"{request.path} is forbidden: User "
                                   f"\"{user}\" cannot {request.method.lower()} it")
+            if request.method == "GET" and request.query.get("watch") in ("1", "true"):
+                plural, ns, name = self._locate(request.path)
+                if name is not None:
+                    raise Refusal(405, "MethodNotAllowed", "watch a collection")
+                return await self._watch(request, plural, ns)
             body, warnings, code = await self._route(request, user)
         except Refusal as exc:
             return web.json_response(status_body(exc.code, exc.reason, exc.message),
@@ -354,6 +499,22 @@ class FakeKube:
             quoted = warning.replace("\\", "\\\\").replace('"', '\\"')
             response.headers.add("Warning", f'299 - "{quoted}"')
         return response
+
+    def _locate(self, path: str) -> tuple[str, str | None, str | None]:
+        """(plural, namespace or None for all, name or None for the collection)."""
+        for plural, (prefix, _, _, namespaced) in RESOURCES.items():
+            if not path.startswith(prefix + "/"):
+                continue
+            rest = path.removeprefix(prefix + "/").split("/")
+            if rest[0] == plural and len(rest) <= 2:  # all namespaces, or cluster-scoped
+                if len(rest) == 2 and namespaced:
+                    continue
+                return plural, None, rest[1] if len(rest) == 2 else None
+            if namespaced and len(rest) in (3, 4) and rest[0] == "namespaces" \
+                    and rest[2] == plural:
+                return plural, rest[1], rest[3] if len(rest) == 4 else None
+        raise Refusal(404, "NotFound", f"the server could not find the requested resource "
+                      f"({path})")
 
     async def _route(self, request: web.Request, user: str
                      ) -> tuple[Any, list[str], int]:
@@ -365,51 +526,70 @@ class FakeKube:
         found = discovery(path)
         if found is not None:
             return found, [], 200
-        parts = path.strip("/").split("/")
-        if len(parts) == 4 and parts[:3] == ["api", "v1", "namespaces"]:
-            ns = self.namespaces.get(parts[3])
-            if ns is None:
-                raise Refusal(404, "NotFound", f'namespaces "{parts[3]}" not found')
-            return ns, [], 200
-        for (prefix, plural), (api_version, kind) in RESOURCES.items():
-            pre = prefix.strip("/").split("/")
-            n = len(pre)
-            if parts[:n] != pre:
-                continue
-            rest = parts[n:]
-            if rest == [plural]:
-                return self._list(plural, api_version, kind, None, request), [], 200
-            if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] == plural:
-                ns = rest[1]
-                name = rest[3] if len(rest) == 4 else None
-                return await self._resource(request, user, plural, api_version, kind, ns, name)
-        raise Refusal(404, "NotFound", f"the server could not find the requested resource "
-                      f"({path})")
+        plural, ns, name = self._locate(path)
+        if request.method == "GET" and name is None:
+            return await self._list(plural, ns, request), [], 200
+        return await self._resource(request, user, plural, ns or "", name)
 
-    def _list(self, plural: str, api_version: str, kind: str, ns: str | None,
-              request: web.Request) -> dict[str, Any]:
+    async def _list(self, plural: str, ns: str | None, request: web.Request) -> dict[str, Any]:
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
         selector = dict(kv.split("=", 1) for kv in
                         filter(None, request.query.get("labelSelector", "").split(",")))
         items = [copy.deepcopy(o) for (p, n, _), o in sorted(self.store.items())
                  if p == plural and (ns is None or n == ns)
                  and all((o["metadata"].get("labels") or {}).get(k) == v
                          for k, v in selector.items())]
-        meta: dict[str, Any] = {"resourceVersion": str(self.rv)}
-        if request.query.get("limit"):  # paging as the API server does it (an opaque token)
-            start, size = int(request.query.get("continue") or 0), int(request.query["limit"])
-            if start + size < len(items):
-                meta["continue"] = str(start + size)
-            items = items[start:start + size]
+        start = int(request.query.get("continue") or 0)
+        limit = int(request.query["limit"]) if request.query.get("limit") else None
+        if self.page_size is not None:
+            limit = min(limit or self.page_size, self.page_size)
+        meta: dict[str, Any] = {"resourceVersion": str(self.version)}
+        if limit and start + limit < len(items):
+            meta["continue"] = str(start + limit)
+        page = items[start:start + limit] if limit else items[start:]
+        _, api_version, kind, _ = RESOURCES[plural]
         return {"apiVersion": api_version, "kind": f"{kind}List", "metadata": meta,
-                "items": items}
+                "items": page}
 
-    async def _resource(self, request: web.Request, user: str, plural: str, api_version: str,
-                        kind: str, ns: str, name: str | None) -> tuple[Any, list[str], int]:
+    async def _watch(self, request: web.Request, plural: str, ns: str | None
+                     ) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        if since < self.compacted:
+            await response.write(json.dumps({"type": "ERROR", "object": status_body(
+                410, "Expired", f"too old resource version: {since} ({self.compacted})")}
+            ).encode() + b"\n")
+            return response
+        watcher = _Watcher(plural, ns)
+        for version, p, kind, obj in list(self.history):
+            if p == plural and version > since and ns in (None, obj["metadata"].get(
+                    "namespace", "")):
+                watcher.queue.put_nowait({"type": kind, "object": obj})
+        self.watchers.append(watcher)
+        try:
+            async with asyncio.timeout(float(request.query.get("timeoutSeconds") or 3600)):
+                while True:
+                    event = await watcher.queue.get()
+                    if event is None:  # dropped: cut the connection without a clean end
+                        with contextlib.suppress(Exception):
+                            request.transport.close()  # type: ignore[union-attr]
+                        break
+                    await response.write(json.dumps(event).encode() + b"\n")
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            self.watchers.remove(watcher)
+        return response
+
+    async def _resource(self, request: web.Request, user: str, plural: str, ns: str,
+                        name: str | None) -> tuple[Any, list[str], int]:
+        _, api_version, kind, _ = RESOURCES[plural]
         method = request.method
         dry = request.query.get("dryRun") == "All"
         key = (plural, ns, name or "")
-        if method == "GET" and name is None:
-            return self._list(plural, api_version, kind, ns, request), [], 200
         if method == "GET":
             await self._wait_hold(request.path, user)
             found = self.get(plural, ns, name or "")
@@ -421,7 +601,8 @@ class FakeKube:
         live = self.get(plural, ns, name or "")
         if method == "POST":
             obj = copy.deepcopy(body)
-            obj.setdefault("metadata", {})["namespace"] = ns
+            if RESOURCES[plural][3]:
+                obj.setdefault("metadata", {})["namespace"] = ns
             key = (plural, ns, obj["metadata"].get("name", ""))
             if key in self.store:
                 raise Refusal(409, "AlreadyExists",
@@ -438,9 +619,9 @@ class FakeKube:
                 obj = None
                 pre = (body or {}).get("preconditions") or {}
                 m = (live or {}).get("metadata", {})
-                for field in ("uid", "resourceVersion"):
-                    if pre.get(field) and pre[field] != m.get(field):
-                        raise Refusal(409, "Conflict", f"Precondition failed: {field}")
+                for field_ in ("uid", "resourceVersion"):
+                    if pre.get(field_) and pre[field_] != m.get(field_):
+                        raise Refusal(409, "Conflict", f"Precondition failed: {field_}")
             else:
                 obj = self._patched(method, request.content_type, live, body, api_version,
                                     kind, ns, name or "")
@@ -451,13 +632,15 @@ class FakeKube:
         warnings = self._admit(user, kind, api_version, plural, ns,
                                (obj or old or {}).get("metadata", {}).get("name", ""),
                                method, obj, old, dry)
-        if obj is not None:
+        if dry:
+            if obj is not None:
+                self._stamp(obj, old)
+        elif obj is None:
+            self.delete(plural, name or "", ns)
+        else:
             self._stamp(obj, old)
-        if not dry:
-            if obj is None:
-                del self.store[key]
-            else:
-                self.store[(plural, ns, obj["metadata"]["name"])] = obj
+            self.store[(plural, ns, obj["metadata"]["name"])] = obj
+            self._emit(plural, "ADDED" if old is None else "MODIFIED", obj)
         if obj is None:
             return status_body(200, "", "deleted") | {"status": "Success"}, warnings, 200
         return copy.deepcopy(obj), warnings, 201 if method == "POST" else 200
@@ -534,7 +717,7 @@ class FakeKube:
             "userInfo": {"username": user, "groups": ["system:authenticated"]},
             "object": obj, "oldObject": old, "dryRun": dry}}
         objects = [o for (p, n, _), o in self.store.items() if p == "changeapprovals" and n == ns]
-        objects += list(self.namespaces.values())
+        objects += [o for (p, _, _), o in self.store.items() if p == "namespaces"]
         snapshot = build_snapshot(trust_text=self.trust_text, policy_text=self.policy_text,
                                   objects=copy.deepcopy(objects))
         decision = decide(parse_review(review), snapshot, self.clock(), self._ctx)
