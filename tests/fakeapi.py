@@ -55,7 +55,13 @@ RESOURCES = {
                         "ChangeApproval", True),
     "horizontalpodautoscalers": ("/apis/autoscaling/v2", "autoscaling/v2",
                                  "HorizontalPodAutoscaler", True),
+    "events": ("/api/v1", "v1", "Event", True),
+    # kopf lists and watches CRDs to notice new resources; there are none to notice here.
+    "customresourcedefinitions": ("/apis/apiextensions.k8s.io/v1", "apiextensions.k8s.io/v1",
+                                  "CustomResourceDefinition", False),
 }
+# The status subresource: a write there changes only .status (what the operator patches).
+WITH_STATUS = ("changeapprovals", "deployments", "horizontalpodautoscalers")
 # Strategic-merge keys the fake honours (a subset of the real Go struct tags).
 MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name",
               "ports": "containerPort", "volumes": "name", "volumeMounts": "mountPath"}
@@ -204,6 +210,9 @@ def _resource_list(group_version: str) -> dict[str, Any]:
                                           "update", "watch"]}
                  for plural, (_, api_version, kind, namespaced) in RESOURCES.items()
                  if api_version == group_version]
+    resources += [{"name": f"{plural}/status", "singularName": "", "namespaced": True,
+                   "kind": RESOURCES[plural][2], "verbs": ["get", "patch", "update"]}
+                  for plural in WITH_STATUS if RESOURCES[plural][1] == group_version]
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
             "resources": resources}
 
@@ -274,8 +283,9 @@ class _Watcher:
 
 
 class FakeKube:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, tls: bool = True) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.port = port or free_port()  # fixed, so a stopped server comes back on it
         self.store: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, ns, name)
         self.version = 1000  # the last resourceVersion handed out
@@ -289,12 +299,14 @@ class FakeKube:
         self.now: datetime | None = None
         self.forbidden: list[tuple[str, str, str]] = []  # (user, method or *, path prefix)
         self.holds: dict[str, list[Any]] = {}
-        self.conflicts = 0
+        self.conflicts: dict[str, int] = {}  # name -> how many writes to refuse with 409
+        self.write_count = 0  # writes served: tests wait for a quiet spell
         self.requests: list[tuple[str, str, str]] = []  # (user, method, path?query)
         self.trust_text: str | None = None
         self.policy_text: str = ""
         self.webhook = True
-        self.ca = trustme.CA()  # kubectl sends a bearer token over TLS only
+        # HTTPS by default: kubectl sends a bearer token over TLS only.
+        self.ca = trustme.CA()
         self._ctx = Context()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -316,8 +328,10 @@ class FakeKube:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=0.1)
         await self._runner.setup()
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("127.0.0.1").configure_cert(tls)
+        tls = None
+        if self.tls:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.ca.issue_cert("127.0.0.1").configure_cert(tls)
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=tls).start()
 
     def stop(self) -> None:
@@ -340,7 +354,7 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, user: str, namespace: str | None = None) -> str:
         path = self.workdir / f"{user}.kubeconfig"
@@ -349,10 +363,9 @@ class FakeKube:
             context["namespace"] = namespace
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": user,
-            "clusters": [{"name": "fake", "cluster": {
-                "server": self.url,
+            "clusters": [{"name": "fake", "cluster": {"server": self.url} | ({
                 "certificate-authority-data": base64.b64encode(
-                    self.ca.cert_pem.bytes()).decode()}}],
+                    self.ca.cert_pem.bytes()).decode()} if self.tls else {})}],
             "users": [{"name": user, "user": {"token": user}}],
             "contexts": [{"name": user, "context": context}]}))
         return str(path)
@@ -382,6 +395,30 @@ class FakeKube:
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.store.get((plural, namespace, name)))
+
+    def obj(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """``get`` by "group/version/plural" (e.g. "v1/configmaps")."""
+        return self.get(resource.rsplit("/", 1)[-1], namespace or "", name)
+
+    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The Events about the object ``name`` in ``namespace``."""
+        return [copy.deepcopy(e) for (p, ns, _), e in self.store.items()
+                if p == "events" and ns == namespace
+                and (e.get("involvedObject") or {}).get("name") == name]
+
+    async def request(self, method: str, path: str, body: Any = None, *,
+                      content_type: str = "application/json", user: str = "admin"
+                      ) -> tuple[int, Any]:
+        """A call through HTTP, as a client would make it: (status, parsed answer)."""
+        import aiohttp
+
+        tls = ssl.create_default_context()
+        self.ca.configure_trust(tls)
+        headers = {"Authorization": f"Bearer {user}", "Content-Type": content_type}
+        async with aiohttp.ClientSession() as session, session.request(
+                method, self.url + path, data=None if body is None else json.dumps(body),
+                headers=headers, ssl=tls if self.tls else None) as response:
+            return response.status, await response.json()
 
     def delete(self, plural: str, name: str, namespace: str = "") -> None:
         gone = self.store.pop((plural, namespace, name))
@@ -451,6 +488,10 @@ class FakeKube:
                                   or self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"))
         if obj.get("kind") == "ChangeApproval":
             obj.setdefault("spec", {}).setdefault("signatures", [])
+        if "spec" in obj:  # kinds with a spec count its changes, as the API server does
+            before = (old or {}).get("metadata", {}).get("generation") or 0
+            changed = old is None or old.get("spec") != obj.get("spec")
+            m["generation"] = before + 1 if changed else before
 
     # -- watch fan-out (any thread) ---------------------------------------------------------
     def _emit(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
@@ -486,7 +527,7 @@ class FakeKube:
                     raise Refusal(403, "Forbidden", f"{request.path} is forbidden: User "
                                   f"\"{user}\" cannot {request.method.lower()} it")
             if request.method == "GET" and request.query.get("watch") in ("1", "true"):
-                plural, ns, name = self._locate(request.path)
+                plural, ns, name, _ = self._locate(request.path)
                 if name is not None:
                     raise Refusal(405, "MethodNotAllowed", "watch a collection")
                 return await self._watch(request, plural, ns)
@@ -500,19 +541,23 @@ class FakeKube:
             response.headers.add("Warning", f'299 - "{quoted}"')
         return response
 
-    def _locate(self, path: str) -> tuple[str, str | None, str | None]:
-        """(plural, namespace or None for all, name or None for the collection)."""
+    def _locate(self, path: str) -> tuple[str, str | None, str | None, str | None]:
+        """(plural, namespace or None for all, name or None for the collection, subresource)."""
         for plural, (prefix, _, _, namespaced) in RESOURCES.items():
             if not path.startswith(prefix + "/"):
                 continue
             rest = path.removeprefix(prefix + "/").split("/")
-            if rest[0] == plural and len(rest) <= 2:  # all namespaces, or cluster-scoped
-                if len(rest) == 2 and namespaced:
-                    continue
-                return plural, None, rest[1] if len(rest) == 2 else None
-            if namespaced and len(rest) in (3, 4) and rest[0] == "namespaces" \
-                    and rest[2] == plural:
-                return plural, rest[1], rest[3] if len(rest) == 4 else None
+            if namespaced and len(rest) >= 3 and rest[0] == "namespaces" and rest[2] == plural:
+                rest = rest[3:]
+                ns: str | None = path.removeprefix(prefix + "/").split("/")[1]
+            elif rest[0] == plural and ((not namespaced and len(rest) <= 3) or len(rest) == 1):
+                rest, ns = rest[1:], None
+            else:
+                continue
+            if len(rest) > 2 or (len(rest) == 2 and (rest[1] != "status"
+                                                     or plural not in WITH_STATUS)):
+                continue
+            return plural, ns, rest[0] if rest else None, rest[1] if len(rest) == 2 else None
         raise Refusal(404, "NotFound", f"the server could not find the requested resource "
                       f"({path})")
 
@@ -526,10 +571,12 @@ class FakeKube:
         found = discovery(path)
         if found is not None:
             return found, [], 200
-        plural, ns, name = self._locate(path)
+        plural, ns, name, sub = self._locate(path)
         if request.method == "GET" and name is None:
             return await self._list(plural, ns, request), [], 200
-        return await self._resource(request, user, plural, ns or "", name)
+        if request.method != "GET":
+            self.write_count += 1
+        return await self._resource(request, user, plural, ns or "", name, sub)
 
     async def _list(self, plural: str, ns: str | None, request: web.Request) -> dict[str, Any]:
         if self.list_delay:
@@ -585,7 +632,8 @@ class FakeKube:
         return response
 
     async def _resource(self, request: web.Request, user: str, plural: str, ns: str,
-                        name: str | None) -> tuple[Any, list[str], int]:
+                        name: str | None, sub: str | None = None
+                        ) -> tuple[Any, list[str], int]:
         _, api_version, kind, _ = RESOURCES[plural]
         method = request.method
         dry = request.query.get("dryRun") == "All"
@@ -599,10 +647,17 @@ class FakeKube:
         raw = await request.read()
         body = json.loads(raw) if raw else None
         live = self.get(plural, ns, name or "")
+        if method != "POST" and self.conflicts.get(name or "", 0) > 0:
+            self.conflicts[name or ""] -= 1
+            raise Refusal(409, "Conflict", f'Operation cannot be fulfilled on {plural} "{name}":'
+                          " the object has been modified (forced by the test)")
         if method == "POST":
             obj = copy.deepcopy(body)
+            m = obj.setdefault("metadata", {})
             if RESOURCES[plural][3]:
-                obj.setdefault("metadata", {})["namespace"] = ns
+                m["namespace"] = ns
+            if not m.get("name") and m.get("generateName"):  # kopf's Events use it
+                m["name"] = m["generateName"] + uuid.uuid4().hex[:8]
             key = (plural, ns, obj["metadata"].get("name", ""))
             if key in self.store:
                 raise Refusal(409, "AlreadyExists",
@@ -625,6 +680,8 @@ class FakeKube:
             else:
                 obj = self._patched(method, request.content_type, live, body, api_version,
                                     kind, ns, name or "")
+                if sub == "status" and live is not None:  # only .status changes there
+                    obj = {**copy.deepcopy(live), "status": obj.get("status")}
         if obj is not None:
             obj = defaulted(obj)
             if plural == "changeapprovals" and old is not None:
@@ -663,7 +720,6 @@ class FakeKube:
         live_m = (live or {}).get("metadata", {})
         if m.get("resourceVersion") and live and m["resourceVersion"] != live_m.get(
                 "resourceVersion"):
-            self.conflicts += 1
             raise Refusal(409, "Conflict", f'Operation cannot be fulfilled on {kind.lower()}s '
                           f'"{name}": the object has been modified; please apply your changes '
                           "to the latest version and try again")
