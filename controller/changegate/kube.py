@@ -20,11 +20,12 @@ compute itself (client-side apply).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -232,6 +233,26 @@ def _where(kubeconfig: str | None) -> str | None:
     return path
 
 
+@contextlib.contextmanager
+def _config_errors(path: str | None, errors: type[Exception]) -> Iterator[None]:
+    """The loaders' exceptions as one readable line."""
+    try:
+        yield
+    except errors as exc:
+        raise ChangeGateError(f"kubeconfig: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ChangeGateError(f"kubeconfig {path}: no such file") from exc
+
+
+def _configure(config: Any, configuration: Any, path: str | None, context: str | None) -> Any:
+    """In-cluster or kubeconfig settings into ``configuration``, with ``config`` the loader
+    module of `kubernetes` or `kubernetes.aio` (whose kubeconfig loader is a coroutine)."""
+    if path is None:
+        return config.load_incluster_config(client_configuration=configuration)
+    return config.load_kube_config(config_file=path, context=context,
+                                   client_configuration=configuration)
+
+
 def sync_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """A `kubernetes.client.ApiClient`. Raises ChangeGateError with one readable line."""
     from kubernetes import client, config
@@ -239,36 +260,22 @@ def sync_client(kubeconfig: str | None = None, context: str | None = None) -> An
 
     path = _where(kubeconfig)
     configuration = client.Configuration()
-    try:
-        if path is None:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-        else:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, context=context, client_configuration=configuration)
-    except ConfigException as exc:
-        raise ChangeGateError(f"kubeconfig: {exc}") from exc
-    except FileNotFoundError as exc:
-        raise ChangeGateError(f"kubeconfig {path}: no such file") from exc
+    with _config_errors(path, ConfigException):
+        _configure(config, configuration, path, context)
     return client.ApiClient(configuration)
 
 
 async def async_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """A `kubernetes.aio.client.ApiClient` (in-cluster when no kubeconfig is found)."""
+    """A `kubernetes.aio.client.ApiClient`, configured the same way."""
     from kubernetes.aio import client, config
     from kubernetes.aio.config.config_exception import ConfigException
 
     path = _where(kubeconfig)
     configuration = client.Configuration()
-    try:
-        if path is None:
-            config.load_incluster_config(  # type: ignore[no-untyped-call]
-                client_configuration=configuration)
-        else:
-            await config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, context=context, client_configuration=configuration)
-    except ConfigException as exc:
-        raise ChangeGateError(f"kubeconfig: {exc}") from exc
+    with _config_errors(path, ConfigException):
+        loading = _configure(config, configuration, path, context)
+        if loading is not None:  # kubernetes.aio reads a kubeconfig asynchronously
+            await loading
     return client.ApiClient(configuration)
 
 
@@ -305,20 +312,16 @@ class Kube:
         found = self.call("GET", path, query=query, ok_missing=True).body
         return found if isinstance(found, dict) else None
 
-    def self_review(self) -> tuple[dict[str, Any], datetime]:
-        """The user the API server sees (SelfSubjectReview's userInfo) and its clock."""
+    def whoami(self) -> tuple[str, datetime]:
+        """The username the API server sees (SelfSubjectReview) and the server's clock."""
         answer = self.call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
                            body={"apiVersion": "authentication.k8s.io/v1",
                                  "kind": "SelfSubjectReview"})
         user = ((answer.body or {}).get("status") or {}).get("userInfo") or {}
-        if not isinstance(user.get("username"), str) or not user["username"]:
+        name = user.get("username")
+        if not isinstance(name, str) or not name:
             raise ChangeGateError("the API server did not say who you are (SelfSubjectReview)")
-        return user, answer.date or datetime.now(UTC)
-
-    def whoami(self) -> tuple[str, datetime]:
-        """The username the API server sees and its clock."""
-        user, now = self.self_review()
-        return str(user["username"]), now
+        return name, answer.date or datetime.now(UTC)
 
     def kubectl(self, args: Sequence[str], *, stdin: bytes = b"") -> tuple[bytes, tuple[str, ...]]:
         """Run kubectl as this user (same kubeconfig and context): its stdout and the API

@@ -14,6 +14,7 @@ from changegate.kube import (
     JSON_PATCH,
     MERGE_PATCH,
     STRATEGIC_MERGE_PATCH,
+    ApiError,
     Kube,
     connect,
     object_path,
@@ -36,6 +37,14 @@ def with_kube(fn: Any) -> Any:
     return fn
 
 
+def _call(api: Kube, method: str, path: str, **kwargs: Any) -> Any:
+    """The answer's body; a refusal in the words these commands always used."""
+    try:
+        return api.call(method, path, **kwargs).body
+    except ApiError as exc:
+        raise ChangeGateError(f"API server answered {exc.status}: {exc}") from exc
+
+
 def _vwc_path(name: str) -> str:
     return f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{name}"
 
@@ -44,8 +53,11 @@ def _vwc_path(name: str) -> str:
 @with_kube
 def whoami(kubeconfig: str | None, context: str | None) -> None:
     """Print the username and groups the API server sees (for trust-store entries)."""
-    who, _ = connect(kubeconfig, context).self_review()
-    click.echo(f"username: {who['username']}")
+    review = _call(connect(kubeconfig, context), "POST",
+                   "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                   body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    who = (review.get("status") or {}).get("userInfo") or {}
+    click.echo(f"username: {who.get('username', '')}")
     click.echo(f"groups:   {', '.join(who.get('groups') or [])}")
 
 
@@ -63,15 +75,16 @@ def onboard(namespace: str, mode: str, label: str, kubeconfig: str | None,
     if not sep or not key:
         raise ChangeGateError("--label must be KEY=VALUE")
     patch = {"metadata": {"labels": {key: value}, "annotations": {ENFORCEMENT_ANNOTATION: mode}}}
-    connect(kubeconfig, context).call("PATCH", f"/api/v1/namespaces/{quote(namespace, safe='')}",
-                                      body=patch, content_type=MERGE_PATCH)
+    _call(connect(kubeconfig, context), "PATCH",
+          f"/api/v1/namespaces/{quote(namespace, safe='')}", body=patch,
+          content_type=MERGE_PATCH)
     click.echo(f"namespace/{namespace} is tier-1 with enforcement {mode}")
 
 
 def _emergency(policy: str, reason: str | None, kubeconfig: str | None,
                context: str | None) -> None:
     api = connect(kubeconfig, context)
-    vwc = api.call("GET", _vwc_path(VWC_NAME)).body
+    vwc = _call(api, "GET", _vwc_path(VWC_NAME))
     metadata = vwc.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
@@ -92,7 +105,7 @@ def _emergency(policy: str, reason: str | None, kubeconfig: str | None,
     elif EMERGENCY_ANNOTATION in annotations:
         ops.append({"op": "remove", "path": "/metadata/annotations/"
                     + EMERGENCY_ANNOTATION.replace("/", "~1")})
-    api.call("PATCH", _vwc_path(VWC_NAME), body=ops, content_type=JSON_PATCH)
+    _call(api, "PATCH", _vwc_path(VWC_NAME), body=ops, content_type=JSON_PATCH)
     click.echo(f"{VWC_NAME}: failurePolicy {policy} on {', '.join(changed) or 'nothing to change'}")
 
 
@@ -165,8 +178,9 @@ def _connect(ctx: click.Context, sub_namespace: str | None, sub_kubeconfig: str 
 
 def _patch_deployment(ctx: click.Context, name: str, spec: dict[str, Any]) -> None:
     body = {"metadata": {"annotations": {BREAK_GLASS: _stamp(ctx.obj["reason"])}}, "spec": spec}
-    ctx.obj["api"].call("PATCH", object_path("apps/v1", "Deployment", ctx.obj["namespace"], name),
-                        body=body, content_type=STRATEGIC_MERGE_PATCH)
+    _call(ctx.obj["api"], "PATCH", object_path("apps/v1", "Deployment", ctx.obj["namespace"],
+                                                name),
+          body=body, content_type=STRATEGIC_MERGE_PATCH)
     click.echo(f"deployment/{name} patched under break-glass: {ctx.obj['reason']}")
     click.echo("A review is owed. Suspend GitOps sync for this object so the bad state is not "
                "re-applied (Argo CD: disable auto-sync on the Application; Flux: "
@@ -185,11 +199,11 @@ def rollback(ctx: click.Context, ref: str, to_revision: int, sub_namespace: str 
     _connect(ctx, sub_namespace, sub_kubeconfig, sub_context)
     name, ns = _target(ref), ctx.obj["namespace"]
     api: Kube = ctx.obj["api"]
-    deployment = api.call("GET", object_path("apps/v1", "Deployment", ns, name)).body
+    deployment = _call(api, "GET", object_path("apps/v1", "Deployment", ns, name))
     selector = ",".join(f"{k}={v}" for k, v in
                         (deployment["spec"]["selector"].get("matchLabels") or {}).items())
-    sets = api.call("GET", f"/apis/apps/v1/namespaces/{quote(ns, safe='')}/replicasets",
-                    query={"labelSelector": selector}).body.get("items") or []
+    sets = _call(api, "GET", f"/apis/apps/v1/namespaces/{quote(ns, safe='')}/replicasets",
+                 query={"labelSelector": selector}).get("items") or []
     revision = "deployment.kubernetes.io/revision"
     uid = deployment["metadata"]["uid"]
     owned = sorted(((int((rs["metadata"].get("annotations") or {}).get(revision, 0)), rs)
