@@ -391,9 +391,11 @@ class AsyncKube:
             response.response.release()
         return _answer(response.status, data, response.headers, path, ok_missing)
 
-    async def get(self, path: str, query: Mapping[str, str] | None = None
-                  ) -> dict[str, Any] | None:
-        found = (await self.call("GET", path, query=query, ok_missing=True)).body
+    async def get(self, path: str, query: Mapping[str, str] | None = None, *,
+                  timeout: float = TIMEOUT) -> dict[str, Any] | None:
+        """The object at ``path``, or None when it does not exist."""
+        found = (await self.call("GET", path, query=query, ok_missing=True,
+                                 timeout=timeout)).body
         return found if isinstance(found, dict) else None
 
     async def watch(self, path: str, query: Mapping[str, str], *, timeout: float

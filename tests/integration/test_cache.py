@@ -15,8 +15,6 @@ from aiohttp.test_utils import TestClient
 from changegate.config import ServeConfig
 from changegate.core.approval import manifest_digest
 from changegate.core.policy import load_policy
-from changegate.core.snapshot import ProcessConfig
-from changegate.kube import connect_async
 from changegate.webhook import readthrough
 from changegate.webhook import watch as feeds
 from changegate.webhook.app import Webhook
@@ -47,32 +45,6 @@ def seed(fake: FakeKube, trust: str | None = None) -> None:
     fake.put(namespace("sandbox"))
     fake.put(configmap(TRUST, NS, {"approvers.yaml": trust or trust_yaml()}))
     fake.put(configmap(POLICY, NS, {"policy.yaml": "requiredApprovals: 2\n"}))
-
-
-@pytest.fixture
-def fake(tmp_path):
-    api = FakeKube(tmp_path)  # not started: each test starts it when its story needs
-    yield api
-    api.close()
-
-
-@pytest.fixture
-async def make_cache():
-    made: list[KubeCache] = []
-
-    async def make(api: FakeKube) -> KubeCache:
-        connected = await connect_async(api.kubeconfig("webhook"))
-        cache = KubeCache(connected, ProcessConfig(namespace=NS))
-        cache.start()
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        await cache.stop()
-    # A TLS connection closes with a close_notify round trip to the fake; let those finish
-    # in this loop, or a socket still closing when the loop ends is reported as leaked.
-    await asyncio.sleep(0.2)
 
 
 async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from changegate.core.errors import ChangeGateError, PolicyError, TrustStoreError
 from changegate.core.policy import Policy, load_policy
@@ -134,23 +135,10 @@ class KubeCache:
         return await self._namespace_reads(name, timeout)
 
     async def _get_namespace(self, name: str, timeout: float) -> NamespaceInfo | None:
-        from kubernetes.aio import client
-
-        from changegate.webhook.watch import FeedError, _message, _raw
-
-        raw = _raw(client.CoreV1Api(self.api_client).read_namespace)
         async with self._read_slots:
-            response = await raw(name, _request_timeout=timeout)
-            try:
-                body = await response.read()
-                status = response.status
-            finally:
-                response.release()
-        if status == 404:
-            return None
-        if status != 200:
-            raise FeedError(f"HTTP {status}: {_message(body)}")
-        return NamespaceInfo.from_object(orjson.loads(body))
+            found = await self.api.get(f"/api/v1/namespaces/{quote(name, safe='')}",
+                                       timeout=timeout)
+        return None if found is None else NamespaceInfo.from_object(found)
 
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
