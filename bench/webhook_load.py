@@ -44,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.integration.fakeapi import free_port  # noqa: E402
+from tests.fakeapi import free_port  # noqa: E402
 from tests.integration.tlsutil import TestCA  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures"
@@ -105,15 +105,10 @@ def allow_all(args: argparse.Namespace) -> None:
 
 # -- a fake API server holding N signed ChangeApprovals ---------------------------------------
 def fake_api(args: argparse.Namespace) -> None:
-    from tests.integration.fakeapi import FakeAPI, configmap, namespace
+    """The tests' fake API server; it writes its kubeconfig (user `bench`) into --state."""
+    import threading
 
-    async def main() -> None:
-        api = FakeAPI(args.port)
-        for obj in state_objects(args.approvals, Path(args.state)):
-            api.put(obj)
-        await api.start()
-        print("READY", flush=True)
-        await asyncio.Event().wait()
+    from tests.fakeapi import FakeKube, configmap, namespace
 
     def state_objects(count: int, state: Path) -> list[dict[str, Any]]:
         import yaml
@@ -127,7 +122,13 @@ def fake_api(args: argparse.Namespace) -> None:
         objects += many_approvals(count, state)
         return objects
 
-    asyncio.run(main())
+    api = FakeKube(Path(args.state), args.port)
+    for obj in state_objects(args.approvals, Path(args.state)):
+        api.put(obj)
+    api.start()
+    api.kubeconfig("bench")
+    print("READY", flush=True)
+    threading.Event().wait()
 
 
 def signed_approval(review: dict[str, Any], keys: list[Any], *, name: str,
@@ -487,13 +488,7 @@ def main_run(opts: argparse.Namespace) -> int:
                  str(api_port), "--approvals", str(opts.approvals), "--state", str(workdir)],
                 stdout=subprocess.PIPE, text=True)
             assert fake.stdout is not None and fake.stdout.readline().strip() == "READY"
-            kubeconfig = workdir / "kubeconfig"
-            kubeconfig.write_text(json.dumps({
-                "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-                "clusters": [{"name": "fake", "cluster": {
-                    "server": f"http://127.0.0.1:{api_port}"}}],
-                "users": [{"name": "u", "user": {"token": "bench"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}]}))
+            kubeconfig = workdir / "bench.kubeconfig"  # written by the fake, with its CA
             servers.append(Server(f"serve, {opts.approvals} approvals cached",
                                   [*serve, "--kubeconfig", str(kubeconfig), "--namespace",
                                    "changegate"], opts, common, pythonpath=compiled))

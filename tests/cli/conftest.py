@@ -4,7 +4,9 @@ story cast's keys, and a runner that calls the real `changegate` entry point in-
 from __future__ import annotations
 
 import copy
+import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,8 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from changegate.cli.main import main
-from changegate.workflow.smp import with_last_applied
-from tests.cli.fakeapi import FakeKube
+from tests.fakeapi import FakeKube
 from tests.support import key, trust_yaml
 
 NS = "payments"
@@ -58,6 +59,35 @@ def release(image: str = "registry.example/checkout:1.42.0", timeout: str = "250
     return [dep, cm]
 
 
+def with_last_applied(doc: dict[str, Any]) -> dict[str, Any]:
+    """The object as `kubectl apply` creates it: the config plus its own JSON (Go's
+    json.Marshal: sorted keys, no spaces, a trailing newline) in the annotation."""
+    out = copy.deepcopy(doc)
+    config = json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
+    out["metadata"].setdefault("annotations", {})[
+        "kubectl.kubernetes.io/last-applied-configuration"] = config
+    return out
+
+
+def find_kubectl() -> str | None:
+    """kubectl on PATH, else the one the e2e build put in the cache."""
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    cached = sorted(Path.home().glob(".cache/changegate/k8s-*/bin/kubectl"))
+    return str(cached[-1]) if cached else None
+
+
+@pytest.fixture(autouse=True)
+def kubectl_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`request` and `apply` let kubectl compute client-side apply: it must be on PATH, and
+    its discovery cache goes in the test's own directory, not ~/.kube."""
+    kubectl = find_kubectl()
+    if kubectl is not None:
+        monkeypatch.setenv("PATH", f"{Path(kubectl).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("KUBECACHEDIR", str(tmp_path / "kubectl-cache"))
+
+
 def seed(kube: FakeKube) -> None:
     kube.put({"apiVersion": "v1", "kind": "Namespace",
               "metadata": {"name": NS, "labels": {"tier": "tier-1"}}})
@@ -87,7 +117,7 @@ def kube(tmp_path: Path) -> Iterator[FakeKube]:
     try:
         yield fake
     finally:
-        fake.stop()
+        fake.close()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import yaml
 
@@ -182,3 +183,21 @@ def test_approve_a_file_offline_and_check_its_manifest(kube, cg, manifests, keys
     refused = run_cli(["approve", "-f", str(path), "--key", keys["carol"], "--yes"])
     assert refused.code != 0 and "refusing to sign" in refused.err
     assert len(yaml.safe_load(path.read_text())["spec"]["signatures"]) == 1
+
+
+def test_kubectl_is_run_with_the_same_kubeconfig_and_context(kube, manifests, tmp_path):
+    """The file's current context points at nothing; --context picks the fake API server,
+    for changegate's own calls and for the kubectl it runs to compute client-side apply."""
+    path = tmp_path / "two-contexts.kubeconfig"
+    config = yaml.safe_load(Path(kube.kubeconfig("alice", NS)).read_text())
+    config["clusters"].append({"name": "nowhere", "cluster": {"server": "https://127.0.0.1:9"}})
+    config["contexts"].append({"name": "nowhere", "context": {"cluster": "nowhere",
+                                                               "user": "alice"}})
+    config["current-context"] = "nowhere"
+    path.write_text(yaml.safe_dump(config))
+    result = run_cli(["request", "-f", str(manifests), "--record", "CHG-77",
+                      "--kubeconfig", str(path), "--context", "alice"])
+    assert result.code == 0, result.err
+    dry_runs = [r for r in kube.requests if r[1] in ("PATCH", "POST") and "dryRun=All" in r[2]
+                and "fieldManager=kubectl-client-side-apply" in r[2]]
+    assert {r[0] for r in dry_runs} == {"alice"} and len(dry_runs) == 2, kube.requests

@@ -61,6 +61,17 @@ def test_unauthorized(kube, manifests):
     one_line(run_cli(["list", "--kubeconfig", str(path)]), "Unauthorized")
 
 
+def test_kubectl_missing(kube, cg, manifests, tmp_path, monkeypatch):
+    """Client-side apply is kubectl's to compute: without it, one line says so; the server-side
+    path, all Python, still works."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    one_line(cg("alice", "request", "-f", str(manifests), "--record", "CHG-1"),
+             "kubectl not found on PATH")
+    assert not [r for r in kube.requests if "changeapprovals" in r[2] and r[1] == "POST"]
+    result = cg("alice", "request", "-f", str(manifests), "--record", "CHG-1", "--server-side")
+    assert result.code == 0, result.err
+
+
 def test_key_file_that_is_no_key(cg, requested, tmp_path):
     bad = tmp_path / "bad.key"
     bad.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")

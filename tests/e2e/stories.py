@@ -367,6 +367,8 @@ class Gate:
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",
                                                                  "CHANGEGATE_KEY")}
         env["NO_COLOR"] = "1"
+        # The CLI runs kubectl for client-side apply: the one built with this control plane.
+        env["PATH"] = f"{Path(self.cluster.kubectl_bin).parent}{os.pathsep}{env['PATH']}"
         proc = subprocess.run(
             [sys.executable, "-m", "changegate", *args,
              "--kubeconfig", str(self.cluster.kubeconfigs[user])],

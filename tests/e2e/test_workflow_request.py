@@ -4,6 +4,7 @@ real server-side dry-run gives, for client-side and server-side apply."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -49,9 +50,12 @@ def kubeconfig(cluster, user: str) -> str:
 
 
 def changegate(cluster, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # The CLI runs kubectl for client-side apply: the one built with this control plane.
+    path = f"{Path(cluster.kubectl_bin).parent}{os.pathsep}{os.environ['PATH']}"
     return subprocess.run([sys.executable, "-m", "changegate", *args, "-n", NS,
                            "--kubeconfig", kubeconfig(cluster, user)],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PATH": path})
 
 
 def server_dry_run(cluster, user: str, path: Path, *flags: str) -> list[dict]:

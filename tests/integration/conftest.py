@@ -1,7 +1,9 @@
-"""A real `changegate serve` process over real TLS, and a client that trusts its test CA."""
+"""A real `changegate serve` process over real TLS, and a client that trusts its test CA;
+KubeCache against the fake API server."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import ssl
@@ -17,7 +19,10 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.integration.fakeapi import free_port
+from changegate.core.snapshot import ProcessConfig
+from changegate.kube import connect_async
+from changegate.webhook.cache import KubeCache
+from tests.fakeapi import FakeKube, free_port
 from tests.integration.tlsutil import TestCA
 from tests.support import FIXTURES, trust_yaml
 
@@ -161,3 +166,30 @@ def fixture_names() -> list[str]:
 
 def client_tls(ca: TestCA) -> ssl.SSLContext:
     return ca.client_context()
+
+
+# -- KubeCache against the fake API server (test_cache.py, test_unknown_namespace.py) ----------
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeKube]:
+    api = FakeKube(tmp_path)  # not started: each test starts it when its story needs
+    yield api
+    api.close()
+
+
+@pytest.fixture
+async def make_cache() -> Any:
+    made: list[KubeCache] = []
+
+    async def make(api: FakeKube) -> KubeCache:
+        connected = await connect_async(api.kubeconfig("webhook"))
+        cache = KubeCache(connected, ProcessConfig(namespace="changegate"))
+        cache.start()
+        made.append(cache)
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.stop()
+    # A TLS connection closes with a close_notify round trip to the fake; let those finish
+    # in this loop, or a socket still closing when the loop ends is reported as leaked.
+    await asyncio.sleep(0.2)

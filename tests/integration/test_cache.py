@@ -1,4 +1,5 @@
-"""KubeCache against a fake API server with real resourceVersion semantics (fakeapi.py)."""
+"""KubeCache against the fake API server (tests/fakeapi.py: real resourceVersion semantics),
+over HTTPS with a kubeconfig, as `changegate serve` connects."""
 
 from __future__ import annotations
 
@@ -10,18 +11,16 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from kubernetes.aio import client as kclient
 
 from changegate.config import ServeConfig
 from changegate.core.approval import manifest_digest
 from changegate.core.policy import load_policy
-from changegate.core.snapshot import ProcessConfig
 from changegate.webhook import readthrough
 from changegate.webhook import watch as feeds
 from changegate.webhook.app import Webhook
 from changegate.webhook.cache import KubeCache
 from changegate.webhook.compact import compact_approval
-from tests.integration.fakeapi import FakeAPI, configmap, namespace
+from tests.fakeapi import FakeKube, configmap, namespace
 from tests.integration.hookserver import HookServer
 from tests.support import approval_for, fixture, key, sign, trust_yaml
 
@@ -40,35 +39,12 @@ def fresh(review: dict[str, Any], *signers: str, name: str = "chg-1234") -> dict
     return sign(approval_for(review, issued=issued, name=name), *signers)
 
 
-def seed(fake: FakeAPI, trust: str | None = None) -> None:
+def seed(fake: FakeKube, trust: str | None = None) -> None:
     fake.put(namespace("payments", {"tier": "tier-1"}))
     fake.put(namespace("shipping", {"tier": "tier-1"}))
     fake.put(namespace("sandbox"))
     fake.put(configmap(TRUST, NS, {"approvers.yaml": trust or trust_yaml()}))
     fake.put(configmap(POLICY, NS, {"policy.yaml": "requiredApprovals: 2\n"}))
-
-
-@pytest.fixture
-async def fake():
-    api = FakeAPI()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
-async def make_cache():
-    made: list[KubeCache] = []
-
-    def make(api: FakeAPI) -> KubeCache:
-        cache = KubeCache(kclient.ApiClient(kclient.Configuration(host=api.url)),
-                          ProcessConfig(namespace=NS))
-        cache.start()
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        await cache.stop()
 
 
 async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None:
@@ -96,9 +72,9 @@ async def test_ready_only_once_every_watch_listed_then_the_snapshot_holds_the_cl
     fake.put({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
               "metadata": {"name": "web", "namespace": "payments"},
               "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}}})
-    cache = make_cache(fake)
+    cache = await make_cache(fake)
     assert not cache.ready
-    await fake.start()
+    fake.start()
     await eventually(lambda: cache.ready)
     snap = cache.snapshot()
     assert snap.ready and snap.config_error == ""
@@ -118,8 +94,8 @@ async def test_an_event_rebuilds_only_its_namespace_and_old_snapshots_stay_as_th
     other = fresh(review, "bob", name="b")
     other["metadata"]["namespace"] = "shipping"
     fake.put(other)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready)
     before = cache.snapshot()
     fake.put(fresh(review, "bob", "carol", name="c"))
@@ -135,8 +111,8 @@ async def test_an_event_rebuilds_only_its_namespace_and_old_snapshots_stay_as_th
 async def test_a_dropped_watch_resumes_from_the_last_version_seen_without_relisting(
         fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready)
     review = fixture("deployment-update")
     seen = fake.put(fresh(review, "bob", name="first"))["metadata"]["resourceVersion"]
@@ -153,8 +129,8 @@ async def test_a_dropped_watch_resumes_from_the_last_version_seen_without_relist
 
 async def test_a_bookmark_moves_the_resume_point(fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: len(fake.watchers) == 4)  # every feed is watching
     fake.bookmark()
     bookmarked = str(fake.version)
@@ -172,14 +148,14 @@ async def test_410_gone_relists_and_the_relist_catches_up_with_what_was_missed(
     review = fixture("deployment-update")
     fake.put(fresh(review, "bob", name="stays"))
     fake.put(fresh(review, "bob", name="goes"))
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready)
-    await fake.stop()  # the API goes away; while it is gone...
+    fake.stop()  # the API goes away; while it is gone...
     fake.delete("changeapprovals", "goes", "payments")
     fake.put(fresh(review, "bob", name="new"))
     fake.compact()  # ...history is compacted past the version the cache holds
-    await fake.start()
+    fake.start()
     await eventually(lambda: len(fake.list_requests("changeapprovals")) == 2)
     await eventually(lambda: {a.name for a in cache.snapshot().approvals_in("payments")}
                      == {"stays", "new"})
@@ -190,7 +166,7 @@ async def test_410_gone_relists_and_the_relist_catches_up_with_what_was_missed(
 async def test_api_down_at_start_is_not_ready_and_denies_with_cache_not_ready(
         fake, make_cache):
     seed(fake)
-    cache = make_cache(fake)  # nothing listens on fake.port yet
+    cache = await make_cache(fake)  # nothing listens on fake.port yet
     await asyncio.sleep(0.3)
     assert not cache.ready
     assert "waiting for the first list" in cache.not_ready_reason()
@@ -198,7 +174,7 @@ async def test_api_down_at_start_is_not_ready_and_denies_with_cache_not_ready(
     denied = await ask(cache, fixture("deployment-update-metadata-only"))
     assert denied["allowed"] is False
     assert "reason: cache_not_ready" in denied["status"]["message"]
-    await fake.start()
+    fake.start()
     await eventually(lambda: cache.ready)
     assert (await ask(cache, fixture("deployment-update-metadata-only")))["allowed"] is True
 
@@ -209,8 +185,8 @@ async def test_a_trust_store_change_at_run_time_takes_effect_at_once(fake, make_
     seed(fake, trust=without_carol)
     review = fixture("deployment-update")
     fake.put(fresh(review, "bob", "carol"))
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready)
     first = await ask(cache, review)
     assert first["allowed"] is False and "approvals=1/2" in first["status"]["message"]
@@ -229,19 +205,19 @@ async def test_a_trust_store_change_at_run_time_takes_effect_at_once(fake, make_
 
 async def test_a_just_created_approval_is_found_by_the_read_through(fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: len(fake.watchers) == 4)
-    fake.hold("changeapprovals")  # the watch lags behind the create
+    fake.hold_events("changeapprovals")  # the watch lags behind the create
     review = fixture("deployment-update")
     fake.put(fresh(review, "bob", "carol"))
     response = await ask(cache, review)
     assert response["allowed"] is True, response
     assert cache.snapshot().approvals_in("payments") == ()  # only that decision saw it
-    lists = [path for path, q in fake.requests
-             if path.endswith("/namespaces/payments/changeapprovals")]
+    lists = [path for _, _, path in fake.requests
+             if path.split("?")[0].endswith("/namespaces/payments/changeapprovals")]
     assert len(lists) == 1
-    fake.release("changeapprovals")
+    fake.release_events("changeapprovals")
     await eventually(lambda: len(cache.snapshot().approvals_in("payments")) == 1)
 
 
@@ -249,10 +225,10 @@ async def test_a_read_through_never_reuses_a_list_older_than_the_request(fake, m
                                                                           monkeypatch):
     monkeypatch.setattr(readthrough, "MIN_INTERVAL", 0)  # freshness alone, no rate limit
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: len(fake.watchers) == 4)
-    fake.hold("changeapprovals")
+    fake.hold_events("changeapprovals")
     review = fixture("deployment-update")
     dry = copy.deepcopy(review)
     dry["request"]["dryRun"] = True
@@ -260,13 +236,13 @@ async def test_a_read_through_never_reuses_a_list_older_than_the_request(fake, m
         "warned:no_approval"  # that read-through listed nothing
     fake.put(fresh(review, "bob", "carol"))  # created, watch event still held back
     assert (await ask(cache, review))["allowed"] is True
-    fake.release("changeapprovals")
+    fake.release_events("changeapprovals")
 
 
 async def test_a_storm_of_denials_cannot_flood_the_api_with_read_throughs(fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready)
     fake.list_delay = 0.05  # a slowish API server: read-throughs queue up
     review = fixture("deployment-update")
@@ -277,8 +253,8 @@ async def test_a_storm_of_denials_cannot_flood_the_api_with_read_throughs(fake, 
         assert all(a.status == 200 for a in answers)
         bodies = [await a.json() for a in answers]
         assert not any(b["response"]["allowed"] for b in bodies)
-    lists = [path for path, q in fake.requests
-             if path.endswith("/namespaces/payments/changeapprovals")]
+    lists = [path for _, _, path in fake.requests
+             if path.split("?")[0].endswith("/namespaces/payments/changeapprovals")]
     # Coalesced: one list running and one queued per namespace, never one per request.
     assert 1 <= len(lists) <= 10, len(lists)
 
@@ -289,8 +265,8 @@ async def test_paged_lists_are_followed_to_the_end(fake, make_cache):
     for index in range(7):
         fake.put(fresh(review, "bob", name=f"a{index}"))
     fake.page_size = 3
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready)
     assert len(cache.snapshot().approvals_in("payments")) == 7
     assert len(fake.list_requests("changeapprovals")) == 3
@@ -319,20 +295,13 @@ def test_a_compacted_approval_keeps_its_manifest_digest(name, policy):
 
 async def test_serve_with_a_kubeconfig_syncs_from_the_api_and_decides(fake, tmp_path,
                                                                       start_server, client):
-    import yaml
-
     seed(fake)
     review = fixture("deployment-update")
     fake.put(fresh(review, "bob", "carol"))
-    await fake.start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "webhook", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "webhook"}}]}))
-    server = start_server("--kubeconfig", str(kubeconfig), "--namespace", NS, wait=None)
-    await asyncio.to_thread(server.wait, "/readyz")  # the fake answers from this loop
+    fake.start()
+    server = start_server("--kubeconfig", fake.kubeconfig("webhook"), "--namespace", NS,
+                          wait=None)
+    await asyncio.to_thread(server.wait, "/readyz")
     async with client.post(server.url, json=review) as response:
         assert (await response.json())["response"]["allowed"] is True
     fake.delete("changeapprovals", "chg-1234", "payments")

@@ -51,7 +51,7 @@ async def test_only_a_client_the_ca_signed_is_answered(tmp_path, start_server, c
     else:
         env = {"CHANGEGATE_CLIENT_CA": str(ca_file)}
     server = start_server(*args, env=env)
-    apiserver = client_ca.issue(tmp_path / "apiserver", "kube-apiserver", client=True)[:2]
+    apiserver = client_ca.issue(tmp_path / "apiserver", "kube-apiserver")[:2]
 
     answer = await post(server, client_context(ca, apiserver))
     assert answer["allowed"] is False and answer["status"]["code"] == 403  # decided
@@ -59,7 +59,7 @@ async def test_only_a_client_the_ca_signed_is_answered(tmp_path, start_server, c
     with pytest.raises(aiohttp.ClientError):  # no certificate: refused in the handshake
         await post(server, client_context(ca, None))
     other = tlsutil.TestCA.create("someone-else")
-    stranger = other.issue(tmp_path / "pod", "pod", client=True)[:2]
+    stranger = other.issue(tmp_path / "pod", "pod")[:2]
     with pytest.raises(aiohttp.ClientError):  # a certificate some other CA signed
         await post(server, client_context(ca, stranger))
     assert server.get("/readyz")[0] == 200  # probes and metrics need no certificate

@@ -7,37 +7,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import pytest
-from kubernetes.aio import client as kclient
-
-from changegate.core.snapshot import ProcessConfig
-from changegate.webhook.cache import KubeCache
-from tests.integration.fakeapi import FakeAPI, namespace
-from tests.integration.test_cache import NS, ask, eventually, seed
+from tests.fakeapi import FakeKube, namespace
+from tests.integration.test_cache import ask, eventually, seed
 from tests.support import fixture
-
-
-@pytest.fixture
-async def fake() -> Any:
-    api = FakeAPI()
-    yield api
-    await api.stop()
-
-
-@pytest.fixture
-async def make_cache() -> Any:
-    made: list[KubeCache] = []
-
-    def make(api: FakeAPI) -> KubeCache:
-        cache = KubeCache(kclient.ApiClient(kclient.Configuration(host=api.url)),
-                          ProcessConfig(namespace=NS))
-        cache.start()
-        made.append(cache)
-        return cache
-
-    yield make
-    for cache in made:
-        await cache.stop()
 
 
 def moved(review: dict[str, Any], to: str) -> dict[str, Any]:
@@ -49,25 +21,25 @@ def moved(review: dict[str, Any], to: str) -> dict[str, Any]:
     return review
 
 
-def gets(api: FakeAPI, name: str) -> int:
-    return sum(1 for path, query in api.requests
-               if path == f"/api/v1/namespaces/{name}" and "watch" not in query)
+def gets(api: FakeKube, name: str) -> int:
+    return sum(1 for _, method, path in api.requests
+               if method == "GET" and path.split("?")[0] == f"/api/v1/namespaces/{name}")
 
 
 async def test_a_namespace_created_a_moment_ago_is_looked_up_and_judged_by_its_labels(
         fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready and len(fake.watchers) == 4)
-    fake.hold("namespaces")  # the watch lags behind the create
+    fake.hold_events("namespaces")  # the watch lags behind the create
     fake.put(namespace("scratch"))  # not tier-1: nothing to gate there
     response = await ask(cache, moved(fixture("deployment-update"), "scratch"))
     assert response["allowed"] is True, response
     assert response["auditAnnotations"]["changegate.io/decision"] == "allowed:not_gated"
     assert gets(fake, "scratch") == 1
     assert "scratch" not in cache.snapshot().namespaces  # only that decision saw it
-    fake.release("namespaces")
+    fake.release_events("namespaces")
     await eventually(lambda: "scratch" in cache.snapshot().namespaces)
     await ask(cache, moved(fixture("deployment-update"), "scratch"))
     assert gets(fake, "scratch") == 1  # known now: no second look
@@ -75,10 +47,10 @@ async def test_a_namespace_created_a_moment_ago_is_looked_up_and_judged_by_its_l
 
 async def test_a_tier1_namespace_not_yet_watched_is_gated(fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready and len(fake.watchers) == 4)
-    fake.hold("namespaces")
+    fake.hold_events("namespaces")
     fake.put(namespace("fresh", {"tier": "tier-1"}))
     response = await ask(cache, moved(fixture("deployment-update"), "fresh"))
     assert response["allowed"] is False, response
@@ -87,8 +59,8 @@ async def test_a_tier1_namespace_not_yet_watched_is_gated(fake, make_cache):
 
 async def test_a_namespace_that_does_not_exist_stays_unknown_and_is_denied(fake, make_cache):
     seed(fake)
-    await fake.start()
-    cache = make_cache(fake)
+    fake.start()
+    cache = await make_cache(fake)
     await eventually(lambda: cache.ready and len(fake.watchers) == 4)
     for _ in range(5):  # a forged review naming it, again and again
         response = await ask(cache, moved(fixture("deployment-update"), "nowhere"))

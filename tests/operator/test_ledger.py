@@ -104,7 +104,7 @@ async def test_entries_go_only_well_after_they_expired(kube, api):
 
 
 async def _patch(kube, data):
-    response = await kube.patch(f"/api/v1/namespaces/{CONTROLLER_NS}/configmaps/"
-                                "changegate-ledger-3", json={"data": data},
-                                headers={"Content-Type": "application/merge-patch+json"})
-    assert response.status == 200
+    status, _ = await kube.request("PATCH", f"/api/v1/namespaces/{CONTROLLER_NS}/configmaps/"
+                                   "changegate-ledger-3", {"data": data},
+                                   content_type="application/merge-patch+json")
+    assert status == 200

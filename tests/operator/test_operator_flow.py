@@ -1,5 +1,6 @@
-"""The operator end to end against a fake API server (kmock): phases, signatures, expiry,
-the ledger, the target annotation, and restarts. Real keys and signatures throughout."""
+"""The operator end to end against the fake API server (tests/fakeapi.py): phases,
+signatures, expiry, the ledger, the target annotation, and restarts. Real keys and
+signatures throughout."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ async def test_two_valid_signatures_approve_and_the_events_name_the_signers(k8s,
     assert k8s.condition(NAME, "Verified") | {"lastTransitionTime": None} == {
         "type": "Verified", "status": "True", "reason": "SignaturesValid",
         "message": "2 of 2 signatures verify (bob, erin)", "lastTransitionTime": None,
-        "observedGeneration": 1}
+        "observedGeneration": 3}  # created, then two signature patches: each changes the spec
     assert k8s.condition(NAME, "Applied")["reason"] == "WaitingForTarget"
     messages = {e["reason"]: e["message"] for e in k8s.kube.events(NS, NAME)}
     assert "signed by bob (1/2)" in messages["Signed"]

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import click
 
 from changegate.core.errors import ChangeGateError
 from changegate.core.policy import ENFORCEMENT_ANNOTATION
-from changegate.kube import sync_client
+from changegate.kube import (
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    ApiError,
+    Kube,
+    connect,
+    object_path,
+)
 
 BREAK_GLASS = "changegate.io/break-glass"
 VWC_NAME = "changegate"
@@ -29,50 +37,28 @@ def with_kube(fn: Any) -> Any:
     return fn
 
 
-def api_error(exc: Exception) -> ChangeGateError:
-    """One readable line from a kubernetes ApiException or a connection failure."""
-    status = getattr(exc, "status", None)
-    body = getattr(exc, "body", None)
-    message = ""
-    if body:
-        try:
-            message = json.loads(body).get("message", "")
-        except (ValueError, AttributeError):
-            message = str(body)[:200]
-    if status:
-        return ChangeGateError(f"API server answered {status}: {message or exc}")
-    return ChangeGateError(f"cannot reach the API server: {str(exc).splitlines()[0]}")
-
-
-def call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
+def _call(api: Kube, method: str, path: str, **kwargs: Any) -> Any:
+    """The answer's body; a refusal in the words these commands always used."""
     try:
-        return fn(*args, **kwargs)
-    except ApiException as exc:
-        raise api_error(exc) from exc
-    except (HTTPError, OSError) as exc:
-        raise api_error(exc) from exc
+        return api.call(method, path, **kwargs).body
+    except ApiError as exc:
+        raise ChangeGateError(f"API server answered {exc.status}: {exc}") from exc
 
 
-def self_review(api: Any) -> dict[str, Any]:
-    from kubernetes import client
-
-    result = call(client.AuthenticationV1Api(api).create_self_subject_review,
-                  {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    info = result.status.user_info
-    return {"username": info.username, "groups": list(info.groups or []),
-            "uid": info.uid or ""}
+def _vwc_path(name: str) -> str:
+    return f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{name}"
 
 
 @click.command()
 @with_kube
 def whoami(kubeconfig: str | None, context: str | None) -> None:
     """Print the username and groups the API server sees (for trust-store entries)."""
-    who = self_review(sync_client(kubeconfig, context))
-    click.echo(f"username: {who['username']}")
-    click.echo(f"groups:   {', '.join(who['groups'])}")
+    review = _call(connect(kubeconfig, context), "POST",
+                   "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                   body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    who = (review.get("status") or {}).get("userInfo") or {}
+    click.echo(f"username: {who.get('username', '')}")
+    click.echo(f"groups:   {', '.join(who.get('groups') or [])}")
 
 
 @click.command()
@@ -85,43 +71,41 @@ def whoami(kubeconfig: str | None, context: str | None) -> None:
 def onboard(namespace: str, mode: str, label: str, kubeconfig: str | None,
             context: str | None) -> None:
     """Label a namespace tier-1 and set its mode, in one write."""
-    from kubernetes import client
-
     key, sep, value = label.partition("=")
     if not sep or not key:
         raise ChangeGateError("--label must be KEY=VALUE")
-    api = client.CoreV1Api(sync_client(kubeconfig, context))
     patch = {"metadata": {"labels": {key: value}, "annotations": {ENFORCEMENT_ANNOTATION: mode}}}
-    call(api.patch_namespace, namespace, patch, _content_type="application/merge-patch+json")
+    _call(connect(kubeconfig, context), "PATCH",
+          f"/api/v1/namespaces/{quote(namespace, safe='')}", body=patch,
+          content_type=MERGE_PATCH)
     click.echo(f"namespace/{namespace} is tier-1 with enforcement {mode}")
 
 
 def _emergency(policy: str, reason: str | None, kubeconfig: str | None,
                context: str | None) -> None:
-    from kubernetes import client
-
-    api = client.AdmissionregistrationV1Api(sync_client(kubeconfig, context))
-    vwc = call(api.read_validating_webhook_configuration, VWC_NAME)
+    api = connect(kubeconfig, context)
+    vwc = _call(api, "GET", _vwc_path(VWC_NAME))
+    metadata = vwc.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/resourceVersion",
-                                  "value": vwc.metadata.resource_version}]
+                                  "value": metadata.get("resourceVersion")}]
     changed = []
-    for index, hook in enumerate(vwc.webhooks or []):
-        if hook.name in GATED_ENTRIES and hook.failure_policy != policy:
+    for index, hook in enumerate(vwc.get("webhooks") or []):
+        if hook.get("name") in GATED_ENTRIES and hook.get("failurePolicy") != policy:
             ops.append({"op": "replace", "path": f"/webhooks/{index}/failurePolicy",
                         "value": policy})
-            changed.append(hook.name)
+            changed.append(hook["name"])
     note = (f"{reason} (at {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ})" if reason else None)
-    has_annotations = bool(vwc.metadata.annotations)
+    has_annotations = bool(annotations)
     if note:
         path = "/metadata/annotations"
         ops.append({"op": "add", "path": f"{path}/{EMERGENCY_ANNOTATION.replace('/', '~1')}",
                     "value": note} if has_annotations else
                    {"op": "add", "path": path, "value": {EMERGENCY_ANNOTATION: note}})
-    elif has_annotations and EMERGENCY_ANNOTATION in vwc.metadata.annotations:
+    elif EMERGENCY_ANNOTATION in annotations:
         ops.append({"op": "remove", "path": "/metadata/annotations/"
                     + EMERGENCY_ANNOTATION.replace("/", "~1")})
-    call(api.patch_validating_webhook_configuration, VWC_NAME, ops,
-         _content_type="application/json-patch+json")
+    _call(api, "PATCH", _vwc_path(VWC_NAME), body=ops, content_type=JSON_PATCH)
     click.echo(f"{VWC_NAME}: failurePolicy {policy} on {', '.join(changed) or 'nothing to change'}")
 
 
@@ -189,16 +173,14 @@ def _connect(ctx: click.Context, sub_namespace: str | None, sub_kubeconfig: str 
     obj["namespace"] = sub_namespace or obj["namespace"]
     if not obj["namespace"]:
         raise click.UsageError("Missing option '-n' / '--namespace'.", ctx)
-    obj["api"] = sync_client(sub_kubeconfig or obj["kubeconfig"], sub_context or obj["context"])
+    obj["api"] = connect(sub_kubeconfig or obj["kubeconfig"], sub_context or obj["context"])
 
 
 def _patch_deployment(ctx: click.Context, name: str, spec: dict[str, Any]) -> None:
-    from kubernetes import client
-
-    apps = client.AppsV1Api(ctx.obj["api"])
     body = {"metadata": {"annotations": {BREAK_GLASS: _stamp(ctx.obj["reason"])}}, "spec": spec}
-    call(apps.patch_namespaced_deployment, name, ctx.obj["namespace"], body,
-         _content_type="application/strategic-merge-patch+json")
+    _call(ctx.obj["api"], "PATCH", object_path("apps/v1", "Deployment", ctx.obj["namespace"],
+                                                name),
+          body=body, content_type=STRATEGIC_MERGE_PATCH)
     click.echo(f"deployment/{name} patched under break-glass: {ctx.obj['reason']}")
     click.echo("A review is owed. Suspend GitOps sync for this object so the bad state is not "
                "re-applied (Argo CD: disable auto-sync on the Application; Flux: "
@@ -214,25 +196,27 @@ def _patch_deployment(ctx: click.Context, name: str, spec: dict[str, Any]) -> No
 def rollback(ctx: click.Context, ref: str, to_revision: int, sub_namespace: str | None,
              sub_kubeconfig: str | None, sub_context: str | None) -> None:
     """Roll deployment/NAME back to a previous ReplicaSet's template."""
-    from kubernetes import client
-
     _connect(ctx, sub_namespace, sub_kubeconfig, sub_context)
     name, ns = _target(ref), ctx.obj["namespace"]
-    apps = client.AppsV1Api(ctx.obj["api"])
-    deployment = call(apps.read_namespaced_deployment, name, ns)
+    api: Kube = ctx.obj["api"]
+    deployment = _call(api, "GET", object_path("apps/v1", "Deployment", ns, name))
     selector = ",".join(f"{k}={v}" for k, v in
-                        (deployment.spec.selector.match_labels or {}).items())
-    sets = call(apps.list_namespaced_replica_set, ns, label_selector=selector).items
+                        (deployment["spec"]["selector"].get("matchLabels") or {}).items())
+    sets = _call(api, "GET", f"/apis/apps/v1/namespaces/{quote(ns, safe='')}/replicasets",
+                 query={"labelSelector": selector}).get("items") or []
     revision = "deployment.kubernetes.io/revision"
-    owned = sorted((int((rs.metadata.annotations or {}).get(revision, 0)), rs) for rs in sets
-                   if any(o.uid == deployment.metadata.uid
-                          for o in rs.metadata.owner_references or []))
+    uid = deployment["metadata"]["uid"]
+    owned = sorted(((int((rs["metadata"].get("annotations") or {}).get(revision, 0)), rs)
+                    for rs in sets
+                    if any(o.get("uid") == uid
+                           for o in rs["metadata"].get("ownerReferences") or [])),
+                   key=lambda pair: pair[0])
     if len(owned) < 2 and not to_revision:
         raise ChangeGateError(f"deployment/{name} has no previous revision to roll back to")
     wanted = [rs for rev, rs in owned if rev == to_revision] if to_revision else [owned[-2][1]]
     if not wanted:
         raise ChangeGateError(f"deployment/{name} has no revision {to_revision}")
-    template = ctx.obj["api"].sanitize_for_serialization(wanted[0].spec.template)
+    template = wanted[0]["spec"]["template"]
     template.get("metadata", {}).get("labels", {}).pop("pod-template-hash", None)
     _patch_deployment(ctx, name, {"template": template})
 

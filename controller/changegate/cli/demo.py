@@ -35,7 +35,6 @@ from changegate.core.compose import change_approval, manifest_for, signed
 from changegate.core.digest import digest
 from changegate.core.dsse import PrivateKey, generate
 from changegate.core.errors import ChangeGateError
-from changegate.devcerts import make_serving_cert
 
 NAMESPACE = "payments"
 CLUSTER = "demo"
@@ -115,9 +114,18 @@ class Server:
     generation: int = 0
 
     def start(self) -> None:
-        certs = make_serving_cert()
-        ca, cert, key = certs.write(self.state.parent)
-        self.context = ssl.create_default_context(cafile=str(ca))
+        # A throw-away CA (trustme) so the demo runs the real server over real TLS with no
+        # setup; production certificates come from cert-manager or the chart.
+        import trustme
+
+        authority = trustme.CA()
+        leaf = authority.issue_cert("127.0.0.1", "localhost")
+        cert, key = self.state.parent / "tls.crt", self.state.parent / "tls.key"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        key.touch(mode=0o600)
+        leaf.private_key_pem.write_to_path(str(key))
+        self.context = ssl.create_default_context()
+        authority.configure_trust(self.context)
         self.log = (self.state.parent / "serve.log").open("wb")
         self.process = subprocess.Popen(  # the real server, as a person would start it
             [sys.executable, "-m", "changegate", "serve", "--static", str(self.state),

@@ -136,7 +136,7 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
         from changegate import kube
         from changegate.webhook.cache import KubeCache
 
-        cache = KubeCache(await kube.async_client(kubeconfig, context), config.process)
+        cache = KubeCache(await kube.connect_async(kubeconfig, context), config.process)
         source = cache
     hook = Webhook(source, config)
     runners = [web.AppRunner(make_metrics_app(hook), access_log=None, handle_signals=False,

@@ -13,8 +13,7 @@ import click
 
 from changegate.core.dsse import PrivateKey, is_encrypted, load_private_key
 from changegate.core.errors import ChangeGateError, KeyFileError
-from changegate.kube import default_namespace
-from changegate.workflow.api import Api
+from changegate.kube import Kube, connect, default_namespace
 from changegate.workflow.site import DEFAULT_CONTROLLER_NAMESPACE, Site, load_site
 
 PASSPHRASE_ENV = "CHANGEGATE_KEY_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
@@ -31,18 +30,13 @@ class Session:
         self.explicit_namespace = namespace is not None
         self._namespace = namespace
         self.controller_namespace = controller_namespace
-        self._api: Api | None = None
+        self._api: Kube | None = None
         self._site: Site | None = None
 
     @property
-    def api(self) -> Api:
+    def api(self) -> Kube:
         if self._api is None:
-            from changegate.kube import sync_client
-
-            # kube.sync_client reports a missing file as "No configuration found": say which.
-            if self._kubeconfig and not Path(self._kubeconfig).exists():
-                raise ChangeGateError(f"kubeconfig {self._kubeconfig}: no such file")
-            self._api = Api(sync_client(self._kubeconfig, self._context))
+            self._api = connect(self._kubeconfig, self._context)
         return self._api
 
     @property

@@ -13,7 +13,7 @@ from changegate.cli.workflow_common import Session, kube_options
 from changegate.core.digest import digest
 from changegate.core.errors import ChangeGateError
 from changegate.core.statement import PLURALS, parse_time
-from changegate.workflow.api import ApiError, object_path
+from changegate.kube import ApiError, object_path
 from changegate.workflow.approvals import (
     TERMINAL,
     check_produces,
@@ -118,7 +118,7 @@ def _preflight_record(session: Session, record: str) -> list[tuple[str, str, str
         try:
             problems, warnings = check_produces(api, site, obj, st, live)
         except ApiError as exc:
-            problems, warnings = [str(exc)], []
+            problems, warnings = [str(exc)], ()
         denied = problems + denials(warnings)
         out.append(("DENY", target, " ".join(denied)) if denied
                    else ("ALLOW", target, f"{st.predicate.operation} would be admitted"))

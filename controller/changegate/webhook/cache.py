@@ -16,8 +16,7 @@ import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import orjson
+from urllib.parse import quote
 
 from changegate.core.errors import ChangeGateError, PolicyError, TrustStoreError
 from changegate.core.policy import Policy, load_policy
@@ -31,12 +30,12 @@ from changegate.core.snapshot import (
 )
 from changegate.core.trust import TrustStore, load_trust_store
 from changegate.files import snapshot_from_dir
-from changegate.kube import GROUP, PLURAL, VERSION
+from changegate.kube import AsyncKube, approvals_path, object_path
 from changegate.webhook import metrics
 from changegate.webhook.compact import compact_approval
 from changegate.webhook.readthrough import ReadThrough
 
-if TYPE_CHECKING:  # feeds imports kubernetes.aio (~13 MiB): not for serve --static
+if TYPE_CHECKING:  # not imported for serve --static, which watches nothing
     from changegate.webhook.watch import FeedRunner
 
 log = logging.getLogger("changegate.webhook.cache")
@@ -54,17 +53,12 @@ class KubeCache:
     """Watches ChangeApprovals, Namespaces, HPAs, and the controller namespace's ConfigMaps
     (trust store, policy, ledger), and keeps `snapshot()` current."""
 
-    def __init__(self, api_client: Any, process: ProcessConfig, *,
+    def __init__(self, api: AsyncKube, process: ProcessConfig, *,
                  watch_seconds: tuple[int, int] | None = None) -> None:
-        from kubernetes.aio import client
-
         from changegate.webhook.watch import Feed, FeedRunner
 
-        self.api_client = api_client
+        self.api = api
         self.process = process
-        self.custom = client.CustomObjectsApi(api_client)
-        core = client.CoreV1Api(api_client)
-        autoscaling = client.AutoscalingV2Api(api_client)
         self._approvals: dict[str, dict[str, ApprovalObject]] = {}
         # *_view: what snapshots hold. Replaced on change, never mutated once published.
         self._approval_view: dict[str, tuple[ApprovalObject, ...]] = {}
@@ -88,20 +82,18 @@ class KubeCache:
         self._namespace_reads = ReadThrough(self._get_namespace)
         self._read_slots = asyncio.Semaphore(READ_THROUGH_PARALLEL)
         feeds = [
-            Feed("changeapprovals", self.custom.list_cluster_custom_object,
-                 (GROUP, VERSION, PLURAL), convert=self._approval_from,
+            Feed("changeapprovals", approvals_path(None), convert=self._approval_from,
                  on_list=self._list_approvals, on_event=self._approval_event),
-            Feed("namespaces", core.list_namespace, convert=NamespaceInfo.from_object,
+            Feed("namespaces", "/api/v1/namespaces", convert=NamespaceInfo.from_object,
                  on_list=self._list_namespaces, on_event=self._namespace_event),
-            Feed("configmaps", core.list_namespaced_config_map, (process.namespace,),
+            Feed("configmaps", object_path("v1", "ConfigMap", process.namespace),
                  convert=self._configmap_from, on_list=self._list_configmaps,
                  on_event=self._configmap_event),
-            Feed("horizontalpodautoscalers",
-                 autoscaling.list_horizontal_pod_autoscaler_for_all_namespaces,
+            Feed("horizontalpodautoscalers", "/apis/autoscaling/v2/horizontalpodautoscalers",
                  convert=self._hpa_from, on_list=self._list_hpas, on_event=self._hpa_event),
         ]
         extra = {"watch_seconds": watch_seconds} if watch_seconds else {}
-        self.runners: list[FeedRunner] = [FeedRunner(f, on_synced=self._synced, **extra)
+        self.runners: list[FeedRunner] = [FeedRunner(api, f, on_synced=self._synced, **extra)
                                           for f in feeds]
         self._ready = False
 
@@ -143,39 +135,17 @@ class KubeCache:
         return await self._namespace_reads(name, timeout)
 
     async def _get_namespace(self, name: str, timeout: float) -> NamespaceInfo | None:
-        from kubernetes.aio import client
-
-        from changegate.webhook.watch import FeedError, _message, _raw
-
-        raw = _raw(client.CoreV1Api(self.api_client).read_namespace)
         async with self._read_slots:
-            response = await raw(name, _request_timeout=timeout)
-            try:
-                body = await response.read()
-                status = response.status
-            finally:
-                response.release()
-        if status == 404:
-            return None
-        if status != 200:
-            raise FeedError(f"HTTP {status}: {_message(body)}")
-        return NamespaceInfo.from_object(orjson.loads(body))
+            found = await self.api.get(f"/api/v1/namespaces/{quote(name, safe='')}",
+                                       timeout=timeout)
+        return None if found is None else NamespaceInfo.from_object(found)
 
     async def _list_namespace(self, namespace: str, timeout: float
                               ) -> tuple[ApprovalObject, ...]:
-        from changegate.webhook.watch import FeedError, _message, _raw
-
-        raw = _raw(self.custom.list_namespaced_custom_object)
         async with self._read_slots:
-            response = await raw(GROUP, VERSION, namespace, PLURAL, _request_timeout=timeout)
-            try:
-                body = await response.read()
-                status = response.status
-            finally:
-                response.release()
-        if status != 200:
-            raise FeedError(f"HTTP {status}: {_message(body)}")
-        items = orjson.loads(body).get("items") or []
+            found = (await self.api.call("GET", approvals_path(namespace),
+                                         timeout=timeout)).body
+        items = (found or {}).get("items") or []
         # Used for one decision and dropped: not worth compacting.
         return tuple(ApprovalObject.from_object(o) for o in items)
 
@@ -193,7 +163,7 @@ class KubeCache:
             with contextlib.suppress(asyncio.CancelledError, Exception):  # shutting down
                 await task
         self._tasks = []
-        await self.api_client.close()
+        await self.api.close()
 
     def _synced(self) -> None:
         if self.ready:

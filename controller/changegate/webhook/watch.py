@@ -1,4 +1,4 @@
-"""One list+watch loop per resource, through `kubernetes.aio` (client-go's reflector, small).
+"""One list+watch loop per resource, through the Kubernetes seam (client-go's reflector, small).
 
 - List (paged, raw JSON parsed with orjson: the generated models would cost more than the
   decision itself), then watch from the list's resourceVersion with bookmarks on.
@@ -14,12 +14,10 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from kubernetes.aio.client.exceptions import ApiException
-from kubernetes.aio.watch import Watch
+from changegate.kube import ApiError, AsyncKube
 
 log = logging.getLogger("changegate.webhook.cache")
 
@@ -28,6 +26,7 @@ LIST_TIMEOUT = 60.0
 # The API server ends a watch after timeout_seconds; client-go picks 5-10 min at random.
 WATCH_MIN_SECONDS, WATCH_MAX_SECONDS = 300, 600
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 30.0
+EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
 
 class Gone(Exception):
@@ -49,9 +48,7 @@ class Feed:
     """What to list and watch, and where the results go (the cache's stores)."""
 
     name: str
-    method: Callable[..., Any]  # a bound list_* method of a kubernetes.aio API class
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    path: str  # the collection's REST path, e.g. /api/v1/namespaces
     # Applied to each item as its page arrives, so a 10,000-object list never sits in memory
     # as raw dicts (a page of PAGE does); None drops the item.
     convert: Callable[[dict[str, Any]], Any] = lambda obj: obj
@@ -62,8 +59,9 @@ class Feed:
 class FeedRunner:
     """Runs one Feed forever; `listed` turns True at the first complete list."""
 
-    def __init__(self, feed: Feed, *, on_synced: Callable[[], None] = lambda: None,
+    def __init__(self, api: AsyncKube, feed: Feed, *, on_synced: Callable[[], None] = lambda: None,
                  watch_seconds: tuple[int, int] = (WATCH_MIN_SECONDS, WATCH_MAX_SECONDS)):
+        self.api = api
         self.feed = feed
         self.on_synced = on_synced
         self.watch_seconds = watch_seconds
@@ -108,25 +106,20 @@ class FeedRunner:
                 await asyncio.sleep(delay)
 
     async def list(self) -> tuple[list[Any], str]:
-        raw = _raw(self.feed.method)
         items: list[Any] = []
         convert = self.feed.convert
         token: str | None = None
         while True:
-            extra: dict[str, Any] = {"_continue": token} if token else {}
-            response = await raw(*self.feed.args, limit=PAGE, _request_timeout=LIST_TIMEOUT,
-                                 **extra, **self.feed.kwargs)
+            query = {"limit": str(PAGE), **({"continue": token} if token else {})}
             try:
-                body = await response.read()
-                status = response.status
-            finally:
-                response.release()
-            if status == 410:
-                raise Gone(f"list continue token expired ({self.feed.name})")
-            if status != 200:
-                raise FeedError(f"list {self.feed.name}: HTTP {status}: {_message(body)}")
-            data = orjson.loads(body)
-            del body
+                data = (await self.api.call("GET", self.feed.path, query=query,
+                                            timeout=LIST_TIMEOUT)).body
+            except ApiError as exc:
+                if exc.status == 410:
+                    raise Gone(f"list continue token expired ({self.feed.name})") from exc
+                raise
+            if not isinstance(data, dict):
+                raise FeedError(f"list {self.feed.name}: not a list: {str(data)[:200]}")
             for obj in data.get("items") or ():
                 item = convert(obj)
                 if item is not None:
@@ -144,46 +137,29 @@ class FeedRunner:
         began = loop.time()
         delivered = False
         self.watches += 1
-        # return_type "object": keep events as plain dicts, no model classes.
-        async with Watch(return_type="object") as watch:  # type: ignore[no-untyped-call]
-            stream = watch.stream(
-                self.feed.method, *self.feed.args, resource_version=self.resource_version,
-                allow_watch_bookmarks=True, timeout_seconds=seconds,
-                _request_timeout=seconds + 30, **self.feed.kwargs)
-            try:
-                async for event in stream:
-                    if not isinstance(event, dict) or "type" not in event:
-                        raise FeedError(f"watch {self.feed.name}: unexpected {str(event)[:200]}")
-                    kind = event["type"]
-                    if kind == "BOOKMARK":
-                        self.bookmarks += 1
-                    elif kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self.feed.on_event(kind, event["raw_object"])
-                    delivered = True
-                    if watch.resource_version:
-                        self.resource_version = str(watch.resource_version)
-            except ApiException as exc:
-                if exc.status == 410:
-                    raise Gone(str(exc.reason)) from exc
-                raise
+        query = {"resourceVersion": self.resource_version or "",
+                 "allowWatchBookmarks": "true", "timeoutSeconds": str(seconds)}
+        try:
+            async for event in self.api.watch(self.feed.path, query, timeout=seconds + 30):
+                kind = event.get("type")
+                obj = event.get("object")
+                if not isinstance(obj, dict) or kind not in EVENTS:
+                    raise FeedError(f"watch {self.feed.name}: unexpected {str(event)[:200]}")
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone(str(obj.get("message") or "Expired"))
+                    raise FeedError(f"watch {self.feed.name}: {obj.get('message') or obj}")
+                if kind == "BOOKMARK":
+                    self.bookmarks += 1
+                else:
+                    self.feed.on_event(kind, obj)
+                delivered = True
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    self.resource_version = str(version)
+        except ApiError as exc:
+            if exc.status == 410:
+                raise Gone(str(exc)) from exc
+            raise
         # A server that ends every watch at once, empty, must not make this loop spin.
         return delivered or loop.time() - began > 1.0
-
-
-def _raw(method: Callable[..., Any]) -> Callable[..., Any]:
-    """The `*_without_preload_content` twin of a generated API method: raw aiohttp response."""
-    owner = getattr(method, "__self__", None)
-    raw = getattr(owner, f"{method.__name__}_without_preload_content", None)
-    if raw is None:
-        raise TypeError(f"{method!r} has no _without_preload_content variant")
-    return raw  # type: ignore[no-any-return]
-
-
-def _message(body: bytes) -> str:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
-    if isinstance(doc, dict):
-        return str(doc.get("message") or doc.get("reason") or "")[:200]
-    return str(doc)[:200]

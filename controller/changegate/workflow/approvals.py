@@ -24,10 +24,11 @@ from changegate.core.policy import Policy
 from changegate.core.senior import automation_users, senior_problem
 from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import TrustStore
-from changegate.workflow.api import JSON_PATCH, Api, ApiError, approvals_path, object_path
+from changegate.kube import JSON_PATCH, ApiError, Kube, approvals_path, object_path
 from changegate.workflow.site import Site
 from changegate.workflow.writes import (
     CLIENT_SIDE,
+    KubectlApply,
     Write,
     delete_write,
     dry_run,
@@ -56,19 +57,19 @@ def statement_of(obj: Mapping[str, Any]) -> Statement:
     return st
 
 
-def get_approval(api: Api, namespace: str, name: str) -> dict[str, Any]:
+def get_approval(api: Kube, namespace: str, name: str) -> dict[str, Any]:
     found = api.get(approvals_path(namespace, name))
     if found is None:
         raise ChangeGateError(f"ChangeApproval {namespace}/{name} not found")
     return found
 
 
-def list_approvals(api: Api, namespace: str | None, record: str | None = None
+def list_approvals(api: Kube, namespace: str | None, record: str | None = None
                    ) -> list[dict[str, Any]]:
     return list_approvals_at(api, namespace, record)[0]
 
 
-def list_approvals_at(api: Api, namespace: str | None, record: str | None = None
+def list_approvals_at(api: Kube, namespace: str | None, record: str | None = None
                       ) -> tuple[list[dict[str, Any]], datetime]:
     """The approvals, and the API server's clock when it listed them (ages and expiry are
     judged by the server's time, as the webhook judges them)."""
@@ -78,7 +79,7 @@ def list_approvals_at(api: Api, namespace: str | None, record: str | None = None
         items = [i for i in items
                  if ((i.get("spec") or {}).get("changeRecord") or {}).get("id") == record]
     items = sorted(items, key=lambda i: (meta(i).get("namespace", ""), meta(i).get("name", "")))
-    return items, answer.server_time or datetime.now(UTC)
+    return items, answer.date or datetime.now(UTC)
 
 
 def write_mode(obj: Mapping[str, Any]) -> str:
@@ -92,7 +93,7 @@ class Live:
     problems: list[str] = field(default_factory=list)
 
 
-def live_state(api: Api, site: Site, st: Statement) -> Live:
+def live_state(api: Kube, site: Site, st: Statement) -> Live:
     """The live target and whether it is still where the change starts from."""
     p = st.predicate
     t = p.target
@@ -111,7 +112,7 @@ def live_state(api: Api, site: Site, st: Statement) -> Live:
     return live
 
 
-def planned_write(obj: Mapping[str, Any], st: Statement, live: Live) -> Write:
+def planned_write(obj: Mapping[str, Any], st: Statement, live: Live) -> Write | KubectlApply:
     """The write `changegate apply` sends for this approval."""
     spec = obj.get("spec") or {}
     if st.predicate.operation == "DELETE":
@@ -124,8 +125,8 @@ def planned_write(obj: Mapping[str, Any], st: Statement, live: Live) -> Write:
     return manifest_write(manifest, live.obj, write_mode(obj))
 
 
-def check_produces(api: Api, site: Site, obj: Mapping[str, Any], st: Statement, live: Live
-                   ) -> tuple[list[str], list[str]]:
+def check_produces(api: Kube, site: Site, obj: Mapping[str, Any], st: Statement, live: Live
+                   ) -> tuple[list[str], tuple[str, ...]]:
     """Problems that make the approval unusable now, and the dry-run's warnings.
 
     Checks that the manifest has toDigest (what reviewers read is what they sign), and that
@@ -141,7 +142,7 @@ def check_produces(api: Api, site: Site, obj: Mapping[str, Any], st: Statement, 
             problems.append(f"the manifest's digest is {got}, not the signed toDigest "
                             f"{p.toDigest}: the manifest is not what was requested")
     if problems:
-        return problems, []
+        return problems, ()
     write = planned_write(obj, st, live)
     result, warnings = dry_run(api, write)
     produced = digest(result, site.rules, autoscaled=auto)
@@ -162,7 +163,7 @@ class Standing:
     missing: list[str]
 
 
-def standing(api: Api, site: Site, obj: Mapping[str, Any], st: Statement,
+def standing(api: Kube, site: Site, obj: Mapping[str, Any], st: Statement,
              trust: TrustStore | None, now: datetime, applier: str | None = None) -> Standing:
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
@@ -204,7 +205,7 @@ def standing(api: Api, site: Site, obj: Mapping[str, Any], st: Statement,
     return Standing(approvers, required, is_verified, missing)
 
 
-def append_signature(api: Api, namespace: str, name: str, signature: dict[str, str]) -> int:
+def append_signature(api: Kube, namespace: str, name: str, signature: dict[str, str]) -> int:
     """Append one signature; on a concurrent write, re-read and try again.
 
     The JSON patch tests the resourceVersion it read, so a concurrent append is never

@@ -22,7 +22,7 @@ from typing import Any
 
 from changegate.core.errors import ChangeGateError, StatementError
 from changegate.core.statement import format_time, parse_time
-from changegate.workflow.api import Api, approvals_path
+from changegate.kube import Kube, approvals_path
 
 PAGE = 250  # items per list call: small answers, a few calls for a month of a busy cluster
 ADMITTED_BY = ("approval", "break-glass", "exempt", "unexplained")  # SPEC §10, in this order
@@ -31,7 +31,7 @@ REVIEW_PHASES = frozenset({"ReviewOwed", "Reviewed"})
 REVIEW_REASONS = frozenset({"break-glass", "unexplained"})
 
 
-def read_approvals(api: Api, namespace: str | None, *,
+def read_approvals(api: Kube, namespace: str | None, *,
                    progress: Callable[[int], None] | None = None, page: int | None = None
                    ) -> tuple[list[dict[str, Any]], datetime]:
     """Every ChangeApproval in ``namespace`` (None: all), page by page, and the API server's
@@ -44,7 +44,7 @@ def read_approvals(api: Api, namespace: str | None, *,
         if token:
             query["continue"] = token
         answer = api.call("GET", approvals_path(namespace), query=query)
-        server_time = server_time or answer.server_time
+        server_time = server_time or answer.date
         body = answer.body or {}
         items.extend(i for i in body.get("items") or [] if isinstance(i, dict))
         if progress is not None:

@@ -19,7 +19,7 @@ from changegate.core.digest import ABSENT, digest
 from changegate.core.errors import ChangeGateError
 from changegate.core.statement import PLURALS, format_time
 from changegate.files import load_documents
-from changegate.workflow.api import Api, ApiError, approvals_path, object_path
+from changegate.kube import ApiError, Kube, approvals_path, object_path
 from changegate.workflow.site import Site
 from changegate.workflow.writes import (
     AS_RETURNED,
@@ -90,13 +90,13 @@ def place(doc: dict[str, Any], namespace: str, explicit: bool, source: str = "")
     m["namespace"] = own or namespace
 
 
-def _digests(site: Site, api: Api, obj: Mapping[str, Any] | None, namespace: str,
+def _digests(site: Site, api: Kube, obj: Mapping[str, Any] | None, namespace: str,
              name: str, kind: str) -> str:
     auto = kind == "Deployment" and site.autoscaled(api, namespace, name)
     return digest(obj, site.rules, autoscaled=auto)
 
 
-def plan_changes(api: Api, site: Site, docs: list[dict[str, Any]], *, mode: str,
+def plan_changes(api: Kube, site: Site, docs: list[dict[str, Any]], *, mode: str,
                  field_manager: str, force: bool) -> Plan:
     plan = Plan()
     for doc in docs:
@@ -114,7 +114,7 @@ def plan_changes(api: Api, site: Site, docs: list[dict[str, Any]], *, mode: str,
     return plan
 
 
-def plan_restart(api: Api, site: Site, namespace: str, target: str, at: datetime) -> Plan:
+def plan_restart(api: Kube, site: Site, namespace: str, target: str, at: datetime) -> Plan:
     kind, _, name = target.partition("/")
     if kind.lower() not in ("deployment", "deployments", "deploy") or not name:
         raise ChangeGateError(f"--restart takes deployment/NAME, not {target!r}")
@@ -127,7 +127,7 @@ def plan_restart(api: Api, site: Site, namespace: str, target: str, at: datetime
     return plan
 
 
-def plan_prune(api: Api, site: Site, plan: Plan, docs: list[dict[str, Any]],
+def plan_prune(api: Kube, site: Site, plan: Plan, docs: list[dict[str, Any]],
                namespaces: Iterable[str], selector: str) -> None:
     """The DELETEs `kubectl apply --prune -l SELECTOR` would send: objects of the gated kinds
     that were applied before (they carry the last-applied annotation) and match the
@@ -148,7 +148,7 @@ def plan_prune(api: Api, site: Site, plan: Plan, docs: list[dict[str, Any]],
                 _add(plan, api, site, item, None, api_version, kind, ns, key[3])
 
 
-def _add(plan: Plan, api: Api, site: Site, live: Mapping[str, Any] | None,
+def _add(plan: Plan, api: Kube, site: Site, live: Mapping[str, Any] | None,
          result: Mapping[str, Any] | None, api_version: str, kind: str, ns: str,
          name: str) -> None:
     before = _digests(site, api, live, ns, name, kind)
@@ -163,7 +163,7 @@ def _add(plan: Plan, api: Api, site: Site, live: Mapping[str, Any] | None,
                                manifest_for(result) if result is not None else None))
 
 
-def create_approvals(api: Api, site: Site, plan: Plan, *, record: str, url: str | None,
+def create_approvals(api: Kube, site: Site, plan: Plan, *, record: str, url: str | None,
                      user: str, now: datetime, lifetime: timedelta, rollout: dict[str, Any],
                      mode: str, field_manager: str, assistance: str | None = None
                      ) -> list[tuple[str, Change]]:
@@ -189,7 +189,7 @@ def create_approvals(api: Api, site: Site, plan: Plan, *, record: str, url: str 
     return created
 
 
-def _create(api: Api, body: dict[str, Any]) -> str:
+def _create(api: Kube, body: dict[str, Any]) -> str:
     """POST; on a name collision, try the same name with a short random suffix."""
     base = body["metadata"]["name"]
     for attempt in range(5):

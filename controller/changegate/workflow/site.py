@@ -22,7 +22,7 @@ from changegate.core.policy import (
 )
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY
 from changegate.core.trust import TrustStore, load_trust_store
-from changegate.workflow.api import Api, ApiError, configmap_path
+from changegate.kube import ApiError, Kube, configmap_path
 
 DEFAULT_CONTROLLER_NAMESPACE = "changegate"
 INFO, POLICY, TRUST = "changegate-info", "changegate-policy", "changegate-trust"
@@ -40,7 +40,7 @@ class Site:
     notes: list[str] = field(default_factory=list)
     _autoscaled: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def autoscaled(self, api: Api, namespace: str, name: str) -> bool:
+    def autoscaled(self, api: Kube, namespace: str, name: str) -> bool:
         """Listed in the policy, or targeted by an HPA (then replicas leave the digest)."""
         if self.policy is not None and self.policy.is_autoscaled(namespace, name):
             return True
@@ -48,7 +48,7 @@ class Site:
             self._autoscaled[namespace] = _hpa_targets(api, namespace)
         return name in self._autoscaled[namespace]
 
-    def required_in(self, api: Api, namespace: str) -> int:
+    def required_in(self, api: Kube, namespace: str) -> int:
         """The namespace's annotation can only raise the count (SPEC §6)."""
         try:
             ns = api.get(f"/api/v1/namespaces/{namespace}") or {}
@@ -60,7 +60,7 @@ class Site:
         return self.required if value is None else max(self.required, value)
 
 
-def _hpa_targets(api: Api, namespace: str) -> frozenset[str]:
+def _hpa_targets(api: Kube, namespace: str) -> frozenset[str]:
     try:
         found = api.call("GET", f"/apis/autoscaling/v2/namespaces/{namespace}/"
                          "horizontalpodautoscalers", ok_missing=True).body or {}
@@ -72,7 +72,7 @@ def _hpa_targets(api: Api, namespace: str) -> frozenset[str]:
         if ref.get("kind") == "Deployment")
 
 
-def _configmap_key(api: Api, namespace: str, name: str, key: str | None
+def _configmap_key(api: Kube, namespace: str, name: str, key: str | None
                    ) -> tuple[Any, str]:
     """(data or one key's value, "") or (None, why it could not be read)."""
     try:
@@ -89,7 +89,7 @@ def _configmap_key(api: Api, namespace: str, name: str, key: str | None
     return data[key], ""
 
 
-def load_site(api: Api, controller_namespace: str) -> Site:
+def load_site(api: Kube, controller_namespace: str) -> Site:
     policy_text, why_policy = _configmap_key(api, controller_namespace, POLICY, POLICY_KEY)
     if policy_text is not None:
         try:
@@ -127,7 +127,7 @@ def _lines(value: Any) -> list[str]:
     return [v.strip() for v in str(value or "").replace(",", "\n").splitlines() if v.strip()]
 
 
-def load_trust(api: Api, controller_namespace: str) -> tuple[TrustStore | None, str]:
+def load_trust(api: Kube, controller_namespace: str) -> tuple[TrustStore | None, str]:
     """The trust store when readable (approvers verify locally), else None and why."""
     text, why = _configmap_key(api, controller_namespace, TRUST, TRUST_KEY)
     if text is None:

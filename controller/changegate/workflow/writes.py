@@ -9,25 +9,26 @@ the signed ``toDigest``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from changegate.core.errors import ChangeGateError
-from changegate.workflow.api import (
+from changegate.kube import (
     APPLY_PATCH,
     JSON,
     STRATEGIC_MERGE_PATCH,
-    Api,
+    Kube,
     Response,
     object_path,
 )
-from changegate.workflow.smp import LAST_APPLIED, client_side_apply_patch, with_last_applied
 
 # Stamped by the API server on every write; never sent back.
 SERVER_FIELDS = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid",
                  "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 DENY_PREFIX = "changegate: would DENY"
 
 # How an object gets written. Recorded on the ChangeApproval (annotation changegate.io/write)
@@ -36,9 +37,6 @@ CLIENT_SIDE = "client-side-apply"
 SERVER_SIDE = "server-side-apply"
 AS_RETURNED = "as-returned"
 RESTART = "restart"
-KUBECTL_CSA_MANAGER = "kubectl-client-side-apply"  # what kubectl itself names this manager
-
-
 @dataclass(frozen=True)
 class Write:
     verb: str  # create | patch | apply | replace | delete: for messages
@@ -48,7 +46,7 @@ class Write:
     content_type: str = JSON
     query: Mapping[str, str] = field(default_factory=dict)
 
-    def send(self, api: Api, *, dry_run: bool) -> Response:
+    def send(self, api: Kube, *, dry_run: bool) -> Response:
         query = dict(self.query)
         body = self.body
         if dry_run:
@@ -82,8 +80,29 @@ def stripped(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class KubectlApply:
+    """Client-side apply, computed by kubectl itself (`kubectl apply -f -`): the three-way
+    strategic merge patch depends on patch metadata of every field of every kind, which
+    only kubectl (and the API server's OpenAPI) keeps current."""
+
+    verb: str  # create | patch: whether the object exists now, for messages
+    path: str
+    config: Mapping[str, Any]
+    method = "APPLY"
+
+    def send(self, api: Kube, *, dry_run: bool) -> Response:
+        args = ["apply", "-f", "-", "-o", "json"] + (["--dry-run=server"] if dry_run else [])
+        out, warnings = api.kubectl(args, stdin=json.dumps(self.config).encode())
+        try:
+            body = json.loads(out)
+        except ValueError as exc:
+            raise ChangeGateError(f"kubectl apply {self.path}: the output is not JSON") from exc
+        return Response(status=200, body=body, warnings=warnings)
+
+
 def config_write(config: Mapping[str, Any], live: Mapping[str, Any] | None, mode: str, *,
-                 field_manager: str = "kubectl", force: bool = False) -> Write:
+                 field_manager: str = "kubectl", force: bool = False) -> Write | KubectlApply:
     """The write `kubectl apply` (client- or server-side) sends for ``config``."""
     api_version, kind, ns, name = identity(config)
     if mode == SERVER_SIDE:
@@ -94,12 +113,8 @@ def config_write(config: Mapping[str, Any], live: Mapping[str, Any] | None, mode
                      stripped(config), APPLY_PATCH, query)
     if mode != CLIENT_SIDE:
         raise ChangeGateError(f"unknown write mode {mode!r}")
-    query = {"fieldManager": KUBECTL_CSA_MANAGER}
-    if live is None:
-        return Write("create", "POST", object_path(api_version, kind, ns),
-                     with_last_applied(config), JSON, query)
-    return Write("patch", "PATCH", object_path(api_version, kind, ns, name),
-                 client_side_apply_patch(config, live), STRATEGIC_MERGE_PATCH, query)
+    return KubectlApply("create" if live is None else "patch",
+                        object_path(api_version, kind, ns, name), config)
 
 
 def restart_write(live: Mapping[str, Any], at: str) -> Write:
@@ -111,24 +126,23 @@ def restart_write(live: Mapping[str, Any], at: str) -> Write:
 
 
 def manifest_write(manifest: Mapping[str, Any], live: Mapping[str, Any] | None, mode: str
-                   ) -> Write:
+                   ) -> Write | KubectlApply:
     """How `changegate apply` writes an approved manifest.
 
     A client-side-apply manifest carries its config in the last-applied annotation: the
-    same three-way patch kubectl would send keeps later `kubectl apply` runs consistent.
+    same `kubectl apply` keeps later `kubectl apply` runs consistent.
     Anything else is written whole (an update guarded by the live resourceVersion), so the
     stored object is exactly the signed manifest.
     """
     api_version, kind, ns, name = identity(manifest)
     raw = meta(manifest).get("annotations", {}).get(LAST_APPLIED)
     if mode == CLIENT_SIDE and isinstance(raw, str):
-        import json
-
         try:
             config = json.loads(raw)
         except ValueError:
             config = None
         if isinstance(config, dict):
+            config.setdefault("metadata", {})["namespace"] = ns
             return config_write(config, live, CLIENT_SIDE)
     body = stripped(manifest)
     if live is None:
@@ -149,7 +163,8 @@ def delete_write(live: Mapping[str, Any]) -> Write:
     return Write("delete", "DELETE", object_path(api_version, kind, ns, name), body)
 
 
-def dry_run(api: Api, write: Write) -> tuple[dict[str, Any] | None, list[str]]:
+def dry_run(api: Kube, write: Write | KubectlApply
+            ) -> tuple[dict[str, Any] | None, tuple[str, ...]]:
     """The object the write would store (None for a delete) and the answer's warnings."""
     answer = write.send(api, dry_run=True)
     if write.method == "DELETE":
@@ -159,6 +174,6 @@ def dry_run(api: Api, write: Write) -> tuple[dict[str, Any] | None, list[str]]:
     return answer.body, answer.warnings
 
 
-def denials(warnings: list[str]) -> list[str]:
+def denials(warnings: Sequence[str]) -> list[str]:
     """The `changegate: would DENY` warnings a webhook puts on a dry-run it would refuse."""
     return [w for w in warnings if w.startswith(DENY_PREFIX)]
