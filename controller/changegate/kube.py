@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from changegate.core.errors import ChangeGateError
+from changegate.core.names import GROUP as GROUP
+from changegate.core.names import PLURAL as PLURAL
+from changegate.core.names import VERSION as VERSION
 
-GROUP, VERSION, PLURAL = "changegate.io", "v1alpha1", "changeapprovals"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import click
 
 from changegate.core.errors import ChangeGateError
+from changegate.core.names import BREAK_GLASS
 from changegate.core.policy import ENFORCEMENT_ANNOTATION
 from changegate.kube import sync_client
 
-BREAK_GLASS = "changegate.io/break-glass"
 VWC_NAME = "changegate"
 GATED_ENTRIES = ("deployments.changegate.io", "configmaps.changegate.io", "scale.changegate.io")
 EMERGENCY_ANNOTATION = "changegate.io/emergency-off"

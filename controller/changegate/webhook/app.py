@@ -32,6 +32,7 @@ from changegate import logs
 from changegate.config import ServeConfig
 from changegate.core.decision import Context, decide
 from changegate.core.errors import ReviewError
+from changegate.core.reasons import ReasonCode
 from changegate.core.review import AdmissionRequest, build_response, parse_review
 from changegate.core.snapshot import ApprovalObject, NamespaceInfo, Snapshot
 from changegate.core.verdict import Decision, Verdict
@@ -43,8 +44,9 @@ VALIDATE_PATH = "/validate"
 
 # Denials that a ChangeApproval created a moment ago could turn into an allow: the only
 # ones worth one bounded read-through to the API server (DESIGN.md).
-READ_THROUGH_CODES = frozenset({"no_approval", "approvals_insufficient", "record_incomplete",
-                                "senior_approval_required"})
+READ_THROUGH_CODES = frozenset({ReasonCode.NO_APPROVAL, ReasonCode.APPROVALS_INSUFFICIENT,
+                                ReasonCode.RECORD_INCOMPLETE,
+                                ReasonCode.SENIOR_APPROVAL_REQUIRED})
 # At most this long for the read-through, and never closer than MARGIN to the deadline:
 # the answer itself (a denial, most likely) must still get out in time.
 READ_THROUGH_SECONDS = 1.5
@@ -156,7 +158,7 @@ class Webhook:
                               deadline_at: float) -> Decision:
         try:
             if not self.source.ready:
-                return self.fault(review, "cache_not_ready",
+                return self.fault(review, ReasonCode.CACHE_NOT_READY,
                                   f"the webhook has not loaded its state yet "
                                   f"({self.source.not_ready_reason()}); retry in a few seconds")
             snap = self.source.snapshot()
@@ -175,17 +177,17 @@ class Webhook:
                 decision = await self._read_through(review, snap, now, decision,
                                                     loop.time(), deadline_at)
         except TimeoutError:
-            return self.fault(review, "deadline_exceeded",
+            return self.fault(review, ReasonCode.DEADLINE_EXCEEDED,
                               f"no decision within the webhook's deadline of "
                               f"{self.config.deadline_seconds:g} s")
         except Exception:  # fail closed, and say so
             log.exception("decision failed", extra={"fields": {"uid": review.uid}})
-            return self.fault(review, "internal_error",
+            return self.fault(review, ReasonCode.INTERNAL_ERROR,
                               "the webhook failed while deciding (see its log); retry, and "
                               "tell the changegate operators if it persists")
         if loop.time() > deadline_at:
             # decide() is synchronous: a timeout cannot cut it short, so check afterwards.
-            return self.fault(review, "deadline_exceeded",
+            return self.fault(review, ReasonCode.DEADLINE_EXCEEDED,
                               f"the decision took longer than the webhook's deadline of "
                               f"{self.config.deadline_seconds:g} s")
         return decision
@@ -223,7 +225,7 @@ class Webhook:
         overlay[review.namespace] = fresh
         return decide(review, dataclasses.replace(snap, approvals=overlay), now, self.context)
 
-    def fault(self, review: AdmissionRequest, code: str, detail: str) -> Decision:
+    def fault(self, review: AdmissionRequest, code: ReasonCode, detail: str) -> Decision:
         """A denial for the webhook's own failure, worded and shaped like any other."""
         try:
             snap = self.source.snapshot()

@@ -20,10 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 from changegate.core.errors import ChangeGateError
+from changegate.core.names import GROUP as CA_GROUP
+from changegate.core.names import PLURAL as CA_PLURAL
+from changegate.core.names import VERSION as CA_VERSION
 from changegate.core.statement import PLURALS
 
 TIMEOUT = 30  # seconds; kubectl's default request timeout is none, but a CLI must not hang
-CA_GROUP, CA_VERSION, CA_PLURAL = "changegate.io", "v1alpha1", "changeapprovals"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 JSON = "application/json"
