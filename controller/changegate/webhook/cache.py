@@ -34,6 +34,7 @@ from changegate.files import snapshot_from_dir
 from changegate.kube import GROUP, PLURAL, VERSION
 from changegate.webhook import metrics
 from changegate.webhook.compact import compact_approval
+from changegate.webhook.poll import poll
 from changegate.webhook.readthrough import ReadThrough
 
 if TYPE_CHECKING:  # feeds imports kubernetes.aio (~13 MiB): not for serve --static
@@ -415,9 +416,4 @@ class StaticSource:
         return True
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            try:
-                self.check()
-            except Exception:  # keep serving the last state whatever happens here
-                log.exception("static reload failed")
+        await poll(self.check, self.poll_seconds, log, "static reload")
