@@ -2,7 +2,7 @@
 
     python bench/webhook_load.py [--rounds 6] [--duration 3] [--connections 32] [--rate 500]
                                  [--fixed-seconds 10] [--approvals 10000] [--cores 0,1]
-                                 [--quiet-variant]
+                                 [--quiet-variant] [--compare DIR]
 
 serve runs as installed (plain Python, as in the container image). Three servers run
 at once, pinned to the first core, and take turns under load from the second core: the
@@ -19,6 +19,9 @@ one core would serve, and it does not drift with the machine, since both see the
 moment. Then p50/p99/max at a fixed 500 req/s (open-loop aiohttp
 client: latency counted from the scheduled send time, so a stall is not hidden), the
 server's CPU per request, and its RSS.
+`--compare DIR` adds `serve --static` run from another copy of the package (DIR holds
+`changegate/`, e.g. an older checkout's controller/), loaded in the same rounds: what a
+change costs, under the same load.
 Needs `wrk` (Debian: apt-get install wrk) and `taskset` (util-linux).
 """
 
@@ -291,14 +294,15 @@ class Server:
     turns (the others are idle during its turn)."""
 
     def __init__(self, label: str, argv: list[str], opts: argparse.Namespace,
-                 common: dict[str, Any]) -> None:
+                 common: dict[str, Any], *, package: Path | None = None) -> None:
         self.label, self.opts, self.common = label, opts, common
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"https://127.0.0.1:{self.port}/validate"
         self.proc = subprocess.Popen(
             ["taskset", "-c", opts.cores.split(",")[0], *argv, "--port", str(self.port),
              "--metrics-port", str(self.metrics_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=os.environ if package is None else {**os.environ, "PYTHONPATH": str(package)})
         self.rounds: list[dict[str, float]] = []
         self.cpu = 0.0
         self.requests = 0
@@ -410,6 +414,10 @@ def main_run(opts: argparse.Namespace) -> int:
         servers.append(Server("serve --static, no audit line",
                               [*serve, "--static", str(state), "--log-level", "warning"],
                               opts, common))
+    if opts.compare is not None:
+        servers.append(Server("serve --static, --compare DIR",
+                              [*serve, "--static", str(state)], opts, common,
+                              package=opts.compare))
     fake = None
     try:
         if opts.approvals:
@@ -487,6 +495,8 @@ def main() -> int:
     parser.add_argument("--cores", default="0,1", help="server core,client core")
     parser.add_argument("--quiet-variant", action="store_true",
                         help="also serve --static at --log-level warning (no audit line)")
+    parser.add_argument("--compare", type=Path, metavar="DIR",
+                        help="also serve --static with the changegate package found in DIR")
     f = sub.add_parser("fake-api")
     f.add_argument("--port", type=int, required=True)
     f.add_argument("--approvals", type=int, required=True)
