@@ -1,5 +1,6 @@
-"""One vocabulary of reason codes (changegate.core.reasons.ReasonCode): the docs, the
-chart's alerts and the metrics read it, and the tests produce every code of it."""
+"""One vocabulary of reason codes (changegate.core.reasons.ReasonCode): docs/contracts.md
+lists it, and the tests produce every code of it. (The chart's alerts are held to it by
+tests/chart/test_chart_monitoring.py, the metric label by tests/integration/test_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from changegate.core.decision import Context, decide
-from changegate.core.reasons import WEBHOOK_FAULTS, Category, ReasonCode
+from changegate.core.reasons import Category, ReasonCode
 from tests import reasons_seen
 from tests.support import NOW, fixture, request_of, snapshot
 
@@ -37,18 +38,6 @@ def documented() -> dict[str, set[str]]:
 def test_docs_list_every_code_under_its_category_and_nothing_else():
     expected = {c.value: {code.value for code in ReasonCode.of(c)} for c in Category}
     assert documented() == expected
-
-
-def alert_define(name: str) -> set[str]:
-    text = (REPO / "charts" / "changegate" / "templates" / "_alerts.tpl").read_text()
-    body = re.search(r'define "changegate\.' + name + r'" -}}\n(.*?)\n{{- end', text, re.S)
-    assert body is not None, name
-    return set(body[1].strip().split("|"))
-
-
-def test_the_alerts_page_on_the_trust_codes_and_watch_the_fault_codes():
-    assert alert_define("trustReasons") == set(ReasonCode.of(Category.TRUST))
-    assert alert_define("selfReasons") == set(ReasonCode.of(Category.FAULT)) == WEBHOOK_FAULTS
 
 
 def test_a_code_is_its_string_and_an_unknown_one_is_refused():

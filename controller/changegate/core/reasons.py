@@ -2,8 +2,8 @@
 
 One enum for every reader: the core sets them, the webhook's metrics bound their `reason`
 label to them, the chart's alerts page on the `trust` ones and watch the `fault` ones, and
-docs/contracts.md lists them by category (tests/unit/test_reasons.py holds all of those to
-this list, and checks that the unit tests produce every code).
+docs/contracts.md lists them by category (tests hold each of those to this list, and check
+that the tests produce every code: tests/unit/test_reasons.py).
 
 Categories: `trust` — a forged, untrusted, reused or tampered approval (pages); `rule` —
 a change that waits for approvals or is not the approved one (tickets at most); `fault`
@@ -97,6 +97,3 @@ class ReasonCode(StrEnum):
     def of(cls, category: Category) -> tuple[ReasonCode, ...]:
         return tuple(code for code in cls if code.category is category)
 
-
-WEBHOOK_FAULTS = frozenset(ReasonCode.of(Category.FAULT))
-TRUST_REASONS = frozenset(ReasonCode.of(Category.TRUST))
