@@ -7,7 +7,9 @@ Starts the test control plane (tests/cluster: etcd + kube-apiserver 1.37 built f
 modules) and changegate installed as the e2e stories install it (tests/e2e/stories.py:
 `changegate serve` on 127.0.0.1, the chart's webhook configuration), then times PATCHes
 that the webhook ADMITS, as alice (client certificate, keep-alive HTTPS, no kubectl process
-in the measurement), with the webhook registered and again with it removed:
+in the measurement), in one run three ways: with changegate registered; with an allow-all
+aiohttp webhook (bench/allow_all.py: parse, answer allowed) registered the same way (the
+chart's configuration, only its URLs pointing elsewhere); and with no webhook:
 
 - `no-change`: a GitOps tool re-stamping its tracking annotation
   (`argocd.argoproj.io/tracking-id`, outside the digest) on Deployments in a tier-1
@@ -18,24 +20,30 @@ in the measurement), with the webhook registered and again with it removed:
 
 Each path runs `--sequential` PATCHes one after the other, then `--writers` concurrent
 writers doing `--per-writer` PATCHes each (every writer its own object and connection).
-Reported: client-side p50/p99/mean per run, and, from kube-apiserver's own STABLE histogram
-`apiserver_admission_webhook_admission_duration_seconds` (read as admin via /metrics,
-delta of _sum/_count and of the 5 ms / 25 ms buckets around each run), how long the API
-server spent calling changegate per request. The e2e suite runs a short version
-(tests/e2e/test_stories_9_latency.py) through `measure()`.
+Reported: client-side p50/p99/mean per run, the differences between the modes (the goal:
+changegate within 1 ms p99 of allow-all), the machine's load average, and, from
+kube-apiserver's own STABLE histogram `apiserver_admission_webhook_admission_duration_seconds`
+(read as admin via /metrics, delta of _sum/_count and of the 5 ms / 25 ms buckets around
+each run), how long the API server spent calling the webhook per request.
+The e2e suite runs a short version (tests/e2e/test_stories_9_latency.py) through
+`measure()`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import http.client
 import json
+import os
 import re
 import ssl
 import statistics
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,35 +208,108 @@ def prepare(gate: Any, writers: int) -> list[Path_]:
     ]
 
 
+MODES = ("none", "allow-all", "changegate")
+
+
+class AllowAll:
+    """bench/allow_all.py on its own port with changegate's serving certificate, registered
+    through a copy of the chart's webhook configuration that only points elsewhere: the
+    same entries, rules, namespace selectors and timeouts as changegate's."""
+
+    def __init__(self, cluster: Any, gate: Any) -> None:
+        from tests.cluster.webhooks import probe_configmap
+        from tests.e2e.stories import free_port, wait_for
+
+        self.cluster, self.gate = cluster, gate
+        self.port, self.metrics_port = free_port(), free_port()
+        cert = cluster.webhook_cert
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "allow_all.py"), "--port", str(self.port),
+             "--metrics-port", str(self.metrics_port), "--cert", str(cert.cert),
+             "--key", str(cert.key)], stdin=subprocess.DEVNULL)
+        wait_for(lambda: self.proc.poll() is not None or _ready(self.metrics_port),
+                 "allow-all /readyz", timeout=30)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"allow_all.py exited with {self.proc.returncode}")
+        self.vwc = copy.deepcopy(gate.vwc)
+        ours = f"https://127.0.0.1:{gate.port}/"
+        for hook in self.vwc["webhooks"]:
+            url = hook["clientConfig"]["url"]
+            assert url.startswith(ours), url
+            hook["clientConfig"]["url"] = f"https://127.0.0.1:{self.port}/" + url[len(ours):]
+        self.probe = probe_configmap(gate.probe_ns)
+
+    def register(self) -> None:
+        from tests.cluster.webhooks import register_webhook
+
+        register_webhook(self.cluster, self.vwc, probe=self.probe,
+                         webhook="configmaps.changegate.io")
+
+    def unregister(self) -> None:
+        from tests.cluster.webhooks import unregister_webhook
+
+        unregister_webhook(self.cluster, self.vwc, probe=self.probe,
+                           webhook="configmaps.changegate.io")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 def measure(cluster: Any, gate: Any, *, sequential_n: int = 200, writers: int = 20,
             per_writer: int = 20, warmup: int = 10) -> dict[str, Any]:
-    """Each path with the webhook registered, then with it removed (and registered again
-    if it was). Returns {path: {"webhook"|"none": {"sequential"|"concurrent": stats}}}."""
+    """Each path with changegate registered, with the allow-all webhook registered the
+    same way instead, and with no webhook; changegate is registered again when done if it
+    was. Returns {path: {mode: {"sequential"|"concurrent": stats}}}, mode in MODES."""
+    load_before = _load()
     target = Target.of(cluster)
     paths = prepare(gate, writers)
     results: dict[str, Any] = {p.name: {} for p in paths}
     offset = 0
     was_registered = gate.registered
-    for mode in ("webhook", "none"):
-        if mode == "webhook" and not gate.registered:
-            gate.register()
-        if mode == "none" and gate.registered:
-            gate.unregister()
-        for p in paths:
-            sequential(target, p, warmup, offset)  # connections, caches, the digest memo
-            offset += warmup
-            seq = _run(cluster, p.entry,
-                       lambda p=p, o=offset: sequential(target, p, sequential_n, o))
-            offset += sequential_n
-            con = _run(cluster, p.entry,
-                       lambda p=p, o=offset: concurrent(target, p, writers, per_writer, o))
-            offset += per_writer
-            results[p.name][mode] = {"sequential": seq, "concurrent": con}
+    allow_all = AllowAll(cluster, gate)
+    try:
+        # One configuration at a time (each removed, and no longer called, before the next
+        # is applied), so no write is sent to the webhook of another mode.
+        for mode in ("changegate", "allow-all", "none"):
+            if mode == "changegate" and not gate.registered:
+                gate.register()
+            if mode == "allow-all":
+                if gate.registered:
+                    gate.unregister()
+                allow_all.register()
+            if mode == "none":
+                allow_all.unregister()
+            for p in paths:
+                sequential(target, p, warmup, offset)  # connections, caches
+                offset += warmup
+                seq = _run(cluster, p.entry,
+                           lambda p=p, o=offset: sequential(target, p, sequential_n, o))
+                offset += sequential_n
+                con = _run(cluster, p.entry,
+                           lambda p=p, o=offset: concurrent(target, p, writers, per_writer, o))
+                offset += per_writer
+                results[p.name][mode] = {"sequential": seq, "concurrent": con}
+    finally:
+        allow_all.close()
     if was_registered and not gate.registered:
         gate.register()
     results["settings"] = {"sequential": sequential_n, "writers": writers,
-                           "per_writer": per_writer}
+                           "per_writer": per_writer, "load_before": load_before}
     return results
+
+
+def _load() -> list[float]:
+    """The machine's 1, 5 and 15 minute load averages (other work competes for its cores)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def table(results: dict[str, Any]) -> str:
@@ -237,17 +318,19 @@ def table(results: dict[str, Any]) -> str:
         if path == "settings":
             continue
         for run in ("sequential", "concurrent"):
-            for mode in ("none", "webhook"):
+            for mode in MODES:
                 r = modes[mode][run]
                 inside = (f"{r['webhook_mean_ms']:.2f} ms/call, {r['webhook_le_5ms']:.0%} "
                           f"<= 5 ms" if r.get("webhook_calls") else "-")
-                rows.append((path, run, "yes" if mode == "webhook" else "no",
-                             f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f}",
-                             inside))
-            w, n = modes["webhook"][run], modes["none"][run]
-            rows.append((path, run, "added", f"{w['p50_ms'] - n['p50_ms']:+.2f}",
-                         f"{w['p99_ms'] - n['p99_ms']:+.2f}",
-                         f"{w['mean_ms'] - n['mean_ms']:+.2f}", ""))
+                rows.append((path, run, mode, f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
+                             f"{r['mean_ms']:.2f}", inside))
+            for over, under in (("allow-all", "none"), ("changegate", "none"),
+                                ("changegate", "allow-all")):
+                w, n = modes[over][run], modes[under][run]
+                rows.append((path, run, f"{over} - {under}",
+                             f"{w['p50_ms'] - n['p50_ms']:+.2f}",
+                             f"{w['p99_ms'] - n['p99_ms']:+.2f}",
+                             f"{w['mean_ms'] - n['mean_ms']:+.2f}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in rows)
@@ -275,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             gate.close()
     print(table(results))
+    print(f"load average before / after: {results['settings']['load_before']} / {_load()}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -2,10 +2,9 @@
 
     python bench/webhook_load.py [--rounds 6] [--duration 3] [--connections 32] [--rate 500]
                                  [--fixed-seconds 10] [--approvals 10000] [--cores 0,1]
-                                 [--quiet-variant] [--pure | --pure-variant]
+                                 [--quiet-variant] [--compare DIR]
 
-serve runs as the container image has it: the core compiled with mypyc (setup.py; built
-into a temporary directory first, ~1 min, needs mypy and a C compiler). Three servers run
+serve runs as installed (plain Python, as in the container image). Three servers run
 at once, pinned to the first core, and take turns under load from the second core: the
 allow-all baseline, `serve --static` (the fixtures' state) and `serve` with 10,000
 ChangeApprovals listed from a fake API server (its cache, the production path), both at
@@ -20,8 +19,10 @@ one core would serve, and it does not drift with the machine, since both see the
 moment. Then p50/p99/max at a fixed 500 req/s (open-loop aiohttp
 client: latency counted from the scheduled send time, so a stall is not hidden), the
 server's CPU per request, and its RSS.
+`--compare DIR` adds `serve --static` run from another copy of the package (DIR holds
+`changegate/`, e.g. an older checkout's controller/), loaded in the same rounds: what a
+change costs, under the same load.
 Needs `wrk` (Debian: apt-get install wrk) and `taskset` (util-linux).
-`--pure` runs serve as installed (plain Python); `--pure-variant` adds that as a server.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.fakeapi import free_port  # noqa: E402
 from tests.integration.tlsutil import TestCA  # noqa: E402
+from tests.support import FIXTURES  # noqa: E402
 
-FIXTURES = REPO.parent / "shared" / "fixtures"
 WRK_LUA = """
 local requests, n, i = {}, 0, 0
 function init(args)
@@ -66,41 +67,6 @@ function done(summary, latency, _)
       + summary.errors.timeout, summary.errors.status))
 end
 """
-
-
-# -- the baseline: what any Python webhook must do at least ----------------------------------
-def allow_all(args: argparse.Namespace) -> None:
-    import orjson
-    from aiohttp import web
-
-    async def validate(request: web.Request) -> web.Response:
-        review = orjson.loads(await request.read())
-        return web.Response(body=orjson.dumps({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "response": {"uid": review["request"]["uid"], "allowed": True}}),
-            content_type="application/json")
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application(client_max_size=3 * 1024 * 1024)
-    app.router.add_post("/validate", validate)
-    app.router.add_get("/readyz", healthz)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(args.cert, args.key)
-    metrics_app = web.Application()
-    metrics_app.router.add_get("/readyz", healthz)
-
-    async def main() -> None:
-        runners = [web.AppRunner(app, access_log=None), web.AppRunner(metrics_app)]
-        for runner in runners:
-            await runner.setup()
-        await web.TCPSite(runners[0], "127.0.0.1", args.port, ssl_context=context,
-                          backlog=1024).start()
-        await web.TCPSite(runners[1], "127.0.0.1", args.metrics_port).start()
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 # -- a fake API server holding N signed ChangeApprovals ---------------------------------------
@@ -329,18 +295,15 @@ class Server:
     turns (the others are idle during its turn)."""
 
     def __init__(self, label: str, argv: list[str], opts: argparse.Namespace,
-                 common: dict[str, Any], *, pythonpath: Path | None = None) -> None:
+                 common: dict[str, Any], *, package: Path | None = None) -> None:
         self.label, self.opts, self.common = label, opts, common
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"https://127.0.0.1:{self.port}/validate"
-        env = dict(os.environ)
-        if pythonpath is not None:  # the compiled build, ahead of the editable install
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath),
-                                                              env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             ["taskset", "-c", opts.cores.split(",")[0], *argv, "--port", str(self.port),
              "--metrics-port", str(self.metrics_port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=os.environ if package is None else {**os.environ, "PYTHONPATH": str(package)})
         self.rounds: list[dict[str, float]] = []
         self.cpu = 0.0
         self.requests = 0
@@ -433,32 +396,11 @@ def ratio_at_once(base: Server, server: Server, seconds: int, workdir: Path
     return per_request[0] / per_request[1], int(done[1]["errors"])
 
 
-def compile_core(target: Path) -> None:
-    """The package as the image has it: the core compiled with mypyc (setup.py)."""
-    print("compiling the core with mypyc (as the container image does; --pure skips) ...",
-          flush=True)
-    # Before too: setuptools copies whatever build/lib holds (a module compiled by hand
-    # earlier, say) and skips compiling C that mypyc left unchanged.
-    shutil.rmtree(REPO / "build", ignore_errors=True)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
-        env={**os.environ, "CHANGEGATE_COMPILE": "1"}, capture_output=True, text=True)
-    shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools' intermediate files
-    if proc.returncode != 0 or not any(target.glob("changegate/core/*.so")):
-        raise SystemExit("compiling the core failed (needs mypy, setuptools>=77 and a C "
-                         "compiler; or run with --pure):\n" + proc.stderr[-2000:])
-
-
 def main_run(opts: argparse.Namespace) -> int:
     if not shutil.which("wrk") or not shutil.which("taskset"):
         print("needs wrk and taskset (apt-get install wrk util-linux)", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="changegate-bench-"))
-    compiled = None
-    if not opts.pure:
-        compiled = workdir / "compiled"
-        compile_core(compiled)
     cert, key, ca_file, state, bodies = prepare(workdir)
     py = sys.executable
     common = {"bodies": bodies, "ca": ca_file}
@@ -466,17 +408,17 @@ def main_run(opts: argparse.Namespace) -> int:
     serve = [py, "-m", "changegate", "serve", "--tls-cert", str(cert), "--tls-key", str(key),
              "--address", "127.0.0.1"]
     servers = [
-        Server("allow-all", [py, __file__, "allow-all", "--cert", str(cert), "--key", str(key)],
-               opts, common),
-        Server("serve --static", [*serve, "--static", str(state)], opts, common,
-               pythonpath=compiled)]
+        Server("allow-all", [py, str(REPO / "bench" / "allow_all.py"), "--cert", str(cert),
+                             "--key", str(key)], opts, common),
+        Server("serve --static", [*serve, "--static", str(state)], opts, common)]
     if opts.quiet_variant:  # what the audit line costs: the same server without it
         servers.append(Server("serve --static, no audit line",
                               [*serve, "--static", str(state), "--log-level", "warning"],
-                              opts, common, pythonpath=compiled))
-    if opts.pure_variant and compiled is not None:  # what compiling the core buys
-        servers.append(Server("serve --static, plain Python", [*serve, "--static", str(state)],
                               opts, common))
+    if opts.compare is not None:
+        servers.append(Server("serve --static, --compare DIR",
+                              [*serve, "--static", str(state)], opts, common,
+                              package=opts.compare))
     fake = None
     try:
         if opts.approvals:
@@ -491,7 +433,7 @@ def main_run(opts: argparse.Namespace) -> int:
             kubeconfig = workdir / "bench.kubeconfig"  # written by the fake, with its CA
             servers.append(Server(f"serve, {opts.approvals} approvals cached",
                                   [*serve, "--kubeconfig", str(kubeconfig), "--namespace",
-                                   "changegate"], opts, common, pythonpath=compiled))
+                                   "changegate"], opts, common))
         results = measure(servers, opts, workdir)
     finally:
         for server in servers:
@@ -499,17 +441,17 @@ def main_run(opts: argparse.Namespace) -> int:
         if fake is not None:
             fake.terminate()
             fake.wait(timeout=20)
-    report(results, opts, compiled=compiled is not None)
+    report(results, opts)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def report(results: dict[str, Any], opts: argparse.Namespace, *, compiled: bool) -> None:
+def report(results: dict[str, Any], opts: argparse.Namespace) -> None:
     print(f"\n{len(list(FIXTURES.glob('*.json')))} fixture reviews round-robin, TLS, keep-alive,"
           f" {opts.connections} connections; {opts.rounds} interleaved rounds of "
           f"{opts.duration} s each; server on core {opts.cores.split(',')[0]}, clients on "
-          f"core {opts.cores.split(',')[1]}; serve's core "
-          + ("compiled with mypyc, as in the image" if compiled else "plain Python (--pure)"))
+          f"core {opts.cores.split(',')[1]}; serve in plain Python, as in the image; load "
+          f"average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (f"{'server':32} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
               f"{'(min-max)':>11} {'at once':>7} {'(min-max)':>11} {'CPU us/req':>10} | "
               f"{'@' + str(opts.rate) + '/s p50':>10} "
@@ -530,8 +472,8 @@ def report(results: dict[str, Any], opts: argparse.Namespace, *, compiled: bool)
     print("at once: the median over rounds of allow-all's CPU per request divided by the "
           "server's,\n  both loaded at the same time on the server core (one core's "
           "throughput ratio, drift-free)")
-    print("targets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, >= 0.5 of allow-all, "
-          "RSS <= 200 MiB with 10,000 approvals")
+    print("targets: >= 1500 req/s, p99 <= 10 ms at 500 req/s, RSS <= 200 MiB with 10,000 "
+          "approvals")
     print("JSON " + json.dumps(results))
 
 
@@ -548,15 +490,8 @@ def main() -> int:
     parser.add_argument("--cores", default="0,1", help="server core,client core")
     parser.add_argument("--quiet-variant", action="store_true",
                         help="also serve --static at --log-level warning (no audit line)")
-    parser.add_argument("--pure", action="store_true",
-                        help="serve as installed (plain Python), without compiling the core")
-    parser.add_argument("--pure-variant", action="store_true",
-                        help="also serve --static with the core as plain Python")
-    a = sub.add_parser("allow-all")
-    a.add_argument("--port", type=int, required=True)
-    a.add_argument("--metrics-port", type=int, required=True)
-    a.add_argument("--cert", required=True)
-    a.add_argument("--key", required=True)
+    parser.add_argument("--compare", type=Path, metavar="DIR",
+                        help="also serve --static with the changegate package found in DIR")
     f = sub.add_parser("fake-api")
     f.add_argument("--port", type=int, required=True)
     f.add_argument("--approvals", type=int, required=True)
@@ -569,9 +504,7 @@ def main() -> int:
     c.add_argument("--connections", type=int, default=16)
     c.add_argument("--body", dest="bodies", action="append", required=True)
     opts = parser.parse_args()
-    if opts.mode == "allow-all":
-        allow_all(opts)
-    elif opts.mode == "fake-api":
+    if opts.mode == "fake-api":
         fake_api(opts)
     elif opts.mode == "rate-client":
         fixed_rate_client(opts)

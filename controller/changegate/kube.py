@@ -36,9 +36,11 @@ from urllib.parse import quote
 import orjson
 
 from changegate.core.errors import ChangeGateError
+from changegate.core.names import GROUP as GROUP
+from changegate.core.names import PLURAL as PLURAL
+from changegate.core.names import VERSION as VERSION
 from changegate.core.statement import PLURALS as GATED_PLURALS
 
-GROUP, VERSION, PLURAL = "changegate.io", "v1alpha1", "changeapprovals"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # kubectl's default request timeout is none, but a CLI must not hang; every other call
 # is small, and a minute is far beyond a healthy API server's answer.

@@ -7,9 +7,6 @@ may be one), no statements or signatures, no `userInfo.extra` (it holds credenti
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import logging
 import sys
 import time
@@ -26,33 +23,26 @@ AUDIT = logging.getLogger("changegate.audit")
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
-_MILLIS = [f".{ms:03d}Z" for ms in range(1000)]  # a table: formatting them cost ~0.5 us
+def timestamp(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds: `2026-12-02T15:29:26.123Z`."""
+    millis = int(created % 1 * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(created))}.{millis:03d}Z"
 
 
 class JSONFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "msg", ...extra}`; fields given via `extra={"fields": {}}`
     are merged at the top level so log tools can index them."""
 
-    _second = -1
-    _stamp = ""
-
-    def stamp(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:  # one strftime per second, not per line
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return self._stamp + _MILLIS[int((created - second) * 1000)]
-
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": self.stamp(record.created),
+            "ts": timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            doc.update(fields)  # our own records carry everything here: no attribute scan
+            doc.update(fields)
         else:
             for key, value in vars(record).items():
                 if key not in _STD_ATTRS:
@@ -62,69 +52,12 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-class _AuditLine:
-    """The audit record written straight to the log stream, same JSON shape as every other
-    line. At ~2,000 decisions/s the logging module's record, handler and formatter, and one
-    write(2) per line, were 10 % of a request's CPU. Lines are buffered and flushed once per
-    FLUSH_SECONDS by the event loop (or at once without one, and at exit), so a crash loses
-    at most that much; the API server's own audit log has the decision too.
-
-    Each line is made into bytes at once (about 4 us). Making them at flush instead, a
-    batch at a time, cost twice that: the record had to be copied without the request's
-    objects (2 us for that copy alone) so that the buffer holds no object trees.
-    """
-
-    FLUSH_SECONDS = 0.05
-    # What every audit line starts with after its time: spliced in as bytes, because
-    # merging it into each record's dict cost more than serializing the record.
-    HEAD = b'","level":"info","logger":"changegate.audit","msg":"admission",'
-
-    def __init__(self, stream: Any, formatter: JSONFormatter) -> None:
-        self.stream, self.formatter = stream, formatter
-        self.pending: list[bytes] = []
-        self.scheduled = False
-
-    def write(self, fields: dict[str, Any]) -> None:
-        record = orjson.dumps(fields, default=str)  # never empty: uid, decision, ...
-        stamp = self.formatter.stamp(time.time()).encode()
-        self.pending.append(b'{"ts":"' + stamp + self.HEAD + record[1:])
-        if self.scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self.scheduled = True
-        loop.call_later(self.FLUSH_SECONDS, self.flush)
-
-    def flush(self) -> None:
-        self.scheduled = False
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, []
-        data = b"\n".join(batch) + b"\n"
-        buffer = getattr(self.stream, "buffer", None)
-        if buffer is not None:  # a text stream over bytes: skip a decode and an encode
-            self.stream.flush()  # keep order with what was written as text
-            buffer.write(data)
-            buffer.flush()
-        else:
-            self.stream.write(data.decode())
-            self.stream.flush()
-
-
-_direct: _AuditLine | None = None
-
-
 def setup(level: str = "info", stream: Any = None) -> None:
-    global _direct
+    """One JSON line per record on `stream` (stderr). The StreamHandler writes and flushes
+    each record as it is logged: an audit record is out of the process before the webhook
+    sends the answer it records, so a crash cannot lose it."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    formatter = JSONFormatter()
-    handler.setFormatter(formatter)
-    if _direct is not None:
-        _direct.flush()
-    _direct = _AuditLine(handler.stream, formatter)
+    handler.setFormatter(JSONFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -177,24 +110,9 @@ def config_diff(request: AdmissionRequest) -> dict[str, Any]:
     return out
 
 
-def flush() -> None:
-    """Write out buffered audit lines (the server calls it when it stops, and at exit)."""
-    if _direct is not None:
-        _direct.flush()
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    with contextlib.suppress(OSError, ValueError):  # a stream already closed: nothing to do
-        flush()
-
-
 def audit(decision: Decision, request: AdmissionRequest | None, *, uid: str,
           seconds: float) -> None:
-    if not AUDIT.isEnabledFor(logging.INFO):
-        return
-    if _direct is not None and not AUDIT.handlers and AUDIT.propagate:
-        _direct.write(audit_fields(decision, request, uid=uid, seconds=seconds))
-    else:  # someone configured logging differently: respect it
+    """Log the decision's audit record; written and flushed when this returns (see setup)."""
+    if AUDIT.isEnabledFor(logging.INFO):
         AUDIT.info("admission", extra={"fields": audit_fields(decision, request, uid=uid,
                                                               seconds=seconds)})

@@ -9,7 +9,6 @@ import yaml
 
 from .rendering import REPO, ci_values, merged, objects, one
 
-CONTRACTS = REPO / "docs" / "contracts.md"
 RUNBOOK = REPO / "docs" / "alerts.md"
 
 
@@ -31,15 +30,6 @@ def alerts(values: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
 def write_rules_file(path, values: dict[str, Any] | None = None) -> None:
     """A Prometheus rule file (promtool, prometheus --rules) of exactly the shipped rules."""
     path.write_text(yaml.safe_dump({"groups": rule_groups(values)}, sort_keys=False))
-
-
-def contract_reasons(heading: str) -> set[str]:
-    """Reason codes listed under one heading of docs/contracts.md's reason-code section."""
-    text = CONTRACTS.read_text()
-    section = text[text.index(heading):]
-    section = section[section.index(":") + 1:]
-    end = re.search(r"\n(Deny|Allow) —|\nAllow:", section)
-    return set(re.findall(r"`([a-z_]+)`", section[: end.start() if end else None]))
 
 
 def runbook_sections() -> set[str]:

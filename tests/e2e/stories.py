@@ -409,7 +409,9 @@ class Gate:
         return out
 
     def decision(self, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
-        """The last matching decision (the log is flushed every 50 ms)."""
+        """The last matching decision. serve writes each record before it answers, so it is
+        there when the write returns; the wait covers writes the test did not make itself
+        (a controller's, a retry)."""
         found = wait_for(lambda: self.decisions(**match), f"a decision {match}",
                          timeout=timeout, interval=0.1)
         return found[-1]

@@ -78,8 +78,8 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def log_records(self, until: Any = None, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """The server's JSON log lines; with `until`, wait (audit lines are flushed every
-        50 ms) until `until(records)` is true."""
+        """The server's JSON log lines; with `until`, wait until `until(records)` is true
+        (for lines logged after the event the test sees, such as a reload)."""
         deadline = time.monotonic() + timeout
         while True:
             records = self._records()

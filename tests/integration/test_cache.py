@@ -10,18 +10,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from changegate.config import ServeConfig
 from changegate.core.approval import manifest_digest
 from changegate.core.policy import load_policy
 from changegate.webhook import readthrough
 from changegate.webhook import watch as feeds
-from changegate.webhook.app import Webhook
+from changegate.webhook.app import Webhook, make_app
 from changegate.webhook.cache import KubeCache
 from changegate.webhook.compact import compact_approval
 from tests.fakeapi import FakeKube, configmap, namespace
-from tests.integration.hookserver import HookServer
 from tests.support import approval_for, fixture, key, sign, trust_yaml
 
 NS = "changegate"
@@ -57,7 +56,7 @@ async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> None
 
 
 async def ask(cache: KubeCache, review: dict[str, Any]) -> dict[str, Any]:
-    async with TestClient(HookServer(Webhook(cache, ServeConfig()))) as http:
+    async with TestClient(TestServer(make_app(Webhook(cache, ServeConfig())))) as http:
         response = await http.post("/validate", json=review)
         return (await response.json())["response"]
 
@@ -247,7 +246,7 @@ async def test_a_storm_of_denials_cannot_flood_the_api_with_read_throughs(fake, 
     fake.list_delay = 0.05  # a slowish API server: read-throughs queue up
     review = fixture("deployment-update")
     hook = Webhook(cache, ServeConfig())
-    async with TestClient(HookServer(hook)) as http:
+    async with TestClient(TestServer(make_app(hook))) as http:
         answers = await asyncio.gather(*(http.post("/validate", json=review)
                                          for _ in range(40)))
         assert all(a.status == 200 for a in answers)

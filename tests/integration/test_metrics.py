@@ -6,6 +6,8 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import changegate
+from changegate.core.reasons import ReasonCode
 from changegate.webhook import metrics
 from tests.integration.conftest import fixture_names, write_state
 from tests.integration.test_webhook_approval import BOB, CAROL, approval, trust
@@ -33,31 +35,17 @@ def families(text: str) -> dict[str, list]:
 def test_every_instrument_is_defined_once_with_its_labels():
     from prometheus_client.metrics import MetricWrapperBase
 
-    defined = {v._name: tuple(v._labelnames) for v in vars(metrics).values()
-               if isinstance(v, MetricWrapperBase)}
-    hot = {f.name: tuple(f._labelnames) for f in metrics.HOT.collect()}
-    assert not set(hot) & set(defined)
-    defined.update(hot)
+    defined = [(v._name, tuple(v._labelnames)) for v in vars(metrics).values()
+               if isinstance(v, MetricWrapperBase)]
+    names = [name for name, _ in defined]
+    assert len(names) == len(set(names))
     for name, labels in INSTRUMENTS.items():
-        assert defined.get(name) == labels, name
+        assert dict(defined).get(name) == labels, name
     assert metrics.DURATION_BUCKETS[0] == 0.0005 and metrics.DURATION_BUCKETS[-1] == 5.0
 
 
-def test_hot_histogram_buckets_are_cumulative_and_include_their_bound():
-    """The per-request histogram is counted by hand (HotSeries): `le` includes the bound,
-    as prometheus_client's Histogram does, and +Inf, _count and _sum follow."""
-    hot = metrics.HotSeries()
-    for seconds in (0.0005, 0.0006, 0.002, 7.0):
-        hot.observe_duration("Deployment", seconds)
-    samples = {(s.name, s.labels.get("le")): s.value
-               for f in hot.collect() for s in f.samples}
-    name = "changegate_admission_duration_seconds"
-    assert samples[(f"{name}_bucket", "0.0005")] == 1
-    assert samples[(f"{name}_bucket", "0.001")] == 2
-    assert samples[(f"{name}_bucket", "0.002")] == 3
-    assert samples[(f"{name}_bucket", "5.0")] == 3
-    assert samples[(f"{name}_bucket", "+Inf")] == samples[(f"{name}_count", None)] == 4
-    assert abs(samples[(f"{name}_sum", None)] - 7.0031) < 1e-9
+def test_the_reason_label_takes_exactly_the_reason_codes():
+    assert {code.value for code in ReasonCode} == metrics.REASONS
 
 
 def test_unknown_reasons_and_kinds_are_counted_as_other():
@@ -107,12 +95,15 @@ async def test_metrics_after_real_traffic_have_the_expected_labels_and_no_names(
     assert value("changegate_signature_verifications_total", result="valid") >= 2
     assert value("changegate_exempt_writes_total", namespace="payments", kind="ConfigMap") == 1
     assert value("changegate_cache_synced") == 1
+    assert value("changegate_build_info", version=changegate.__version__) == 1
+    assert value("process_cpu_seconds_total") > 0  # ProcessCollector: the server's own CPU
+    assert value("process_resident_memory_bytes") > 0
     assert value("changegate_trust_store_keys") == 2
     assert value("changegate_eligible_approvers", namespace="payments") == 2
     assert value("changegate_admission_duration_seconds_count", kind="Deployment") >= 9
     buckets = [s.labels["le"] for s in found["changegate_admission_duration_seconds"]
                if s.name.endswith("_bucket") and s.labels["kind"] == "Deployment"]
-    assert buckets[0] == "0.0005"
+    assert [float(b) for b in buckets] == [*metrics.DURATION_BUCKETS, float("inf")]
     # Bounded labels: no user or object names anywhere in the exposition.
     for needle in ("alice", "dana", "argocd", "checkout", "kube-root-ca", "chg-77", "CHG-77"):
         assert needle not in text, needle

@@ -11,8 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from changegate.config import ServeConfig
 from changegate.core.snapshot import ApprovalObject, Snapshot
 from changegate.webhook import app as webhook_module
-from changegate.webhook.app import Webhook, make_metrics_app
-from tests.integration.hookserver import HookServer
+from changegate.webhook.app import Webhook, make_app, make_metrics_app
 from tests.support import fixture, sign, snapshot
 
 DENY_LINE = "changegate: op=UPDATE from=none to=none approvals=0/2 record=none"
@@ -55,7 +54,7 @@ class Source:
 
 async def answer(source: Source, review: dict[str, Any], **config: Any) -> dict[str, Any]:
     hook = Webhook(source, ServeConfig(**config))
-    async with TestClient(HookServer(hook)) as client:
+    async with TestClient(TestServer(make_app(hook))) as client:
         response = await client.post("/validate", json=review)
         assert response.status == 200
         return (await response.json())["response"]

@@ -69,8 +69,8 @@ async def test_an_oversized_body_is_refused_with_413_and_the_service_keeps_servi
 
 async def test_only_post_validate_is_served_and_expect_100_continue_gets_its_answer(
         static_server, client):
-    """The HTTPS port runs aiohttp's low-level server (no router): what a router gave for
-    free must still hold."""
+    """The HTTPS port has one route; the API server's `?timeout=` query and a client's
+    `Expect: 100-continue` are served, an unknown Expect is refused."""
     base = static_server.url.removesuffix("/validate")
     async with client.get(static_server.url) as response:
         assert response.status == 405

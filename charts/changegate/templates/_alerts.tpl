@@ -4,14 +4,15 @@ Helpers of monitoring-prometheusrule.yaml.
 
 {{/*
 Deny reasons that mean someone presented a forged, untrusted, reused or tampered approval
-(docs/contracts.md, "trust and signature"): these page. Waiting or wrong-change reasons
+(category `trust` of changegate.core.reasons.ReasonCode and docs/contracts.md; a test
+holds this list to them): these page. Waiting or wrong-change reasons
 are tickets at most.
 */}}
 {{- define "changegate.trustReasons" -}}
-signature_invalid|key_untrusted|approver_wrong_namespace|approver_duplicate|self_approval|applier_approval|approval_used|spec_statement_mismatch|statement_invalid|manifest_mismatch|requester_mismatch|approval_immutable|trust_store_invalid
+signature_invalid|key_untrusted|approver_wrong_namespace|approver_duplicate|self_approval|applier_approval|approval_used|spec_statement_mismatch|statement_invalid|manifest_mismatch|requester_mismatch|approval_immutable
 {{- end -}}
 
-{{/* Deny reasons of the webhook itself (docs/contracts.md). */}}
+{{/* Deny reasons of the webhook itself (category `fault`; a test holds it to ReasonCode). */}}
 {{- define "changegate.selfReasons" -}}
 config_invalid|cache_not_ready|internal_error|deadline_exceeded|namespace_unknown
 {{- end -}}

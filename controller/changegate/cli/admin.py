@@ -9,6 +9,7 @@ from urllib.parse import quote
 import click
 
 from changegate.core.errors import ChangeGateError
+from changegate.core.names import BREAK_GLASS
 from changegate.core.policy import ENFORCEMENT_ANNOTATION
 from changegate.kube import (
     JSON_PATCH,
@@ -20,7 +21,6 @@ from changegate.kube import (
     object_path,
 )
 
-BREAK_GLASS = "changegate.io/break-glass"
 VWC_NAME = "changegate"
 GATED_ENTRIES = ("deployments.changegate.io", "configmaps.changegate.io", "scale.changegate.io")
 EMERGENCY_ANNOTATION = "changegate.io/emergency-off"

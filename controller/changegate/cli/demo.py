@@ -35,6 +35,7 @@ from changegate.core.compose import change_approval, manifest_for, signed
 from changegate.core.digest import digest
 from changegate.core.dsse import PrivateKey, generate
 from changegate.core.errors import ChangeGateError
+from changegate.core.names import BREAK_GLASS, GROUP, KIND, PLURAL, VERSION
 
 NAMESPACE = "payments"
 CLUSTER = "demo"
@@ -63,9 +64,8 @@ def review(operation: str, obj: dict[str, Any] | None, old: dict[str, Any] | Non
     some = obj or old or {}
     kind = some["kind"]
     group, version = ("apps", "v1") if kind == "Deployment" else (
-        ("changegate.io", "v1alpha1") if kind == "ChangeApproval" else ("", "v1"))
-    plural = {"Deployment": "deployments", "ConfigMap": "configmaps",
-              "ChangeApproval": "changeapprovals"}[kind]
+        (GROUP, VERSION) if kind == KIND else ("", "v1"))
+    plural = {"Deployment": "deployments", "ConfigMap": "configmaps", KIND: PLURAL}[kind]
     gvk = {"group": group, "version": version, "kind": kind}
     gvr = {"group": group, "version": version, "resource": plural}
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
@@ -340,7 +340,7 @@ def run_story(story: Story) -> None:
                "kubectl apply --dry-run=server -f checkout-config.yaml")
 
     rollback = updated(current, set_image("1.41.0"))
-    rollback["metadata"].setdefault("annotations", {})["changegate.io/break-glass"] = (
+    rollback["metadata"].setdefault("annotations", {})[BREAK_GLASS] = (
         "INC-5521 rollback: checkout 5xx at 40%")
     story.play("dana (sre-oncall) rolls back under break-glass: admitted, loudly",
                review("UPDATE", rollback, current, "dana"), True, "break_glass",

@@ -119,7 +119,7 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
                  context: str | None) -> None:
     from aiohttp import web
 
-    from changegate.webhook.app import Webhook, make_metrics_app, make_server
+    from changegate.webhook.app import Webhook, make_app, make_metrics_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,8 +141,8 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
     hook = Webhook(source, config)
     runners = [web.AppRunner(make_metrics_app(hook), access_log=None, handle_signals=False,
                              shutdown_timeout=1.0),
-               web.ServerRunner(make_server(hook), handle_signals=False,
-                                shutdown_timeout=SHUTDOWN_SECONDS)]
+               web.AppRunner(make_app(hook), access_log=None, handle_signals=False,
+                             shutdown_timeout=SHUTDOWN_SECONDS)]
     try:
         for runner in runners:
             await runner.setup()
@@ -170,4 +170,3 @@ async def _serve(config: Any, certificate: ReloadingCertificate, static: Any, *,
                 await task
         if cache is not None:
             await cache.stop()
-        logs.flush()

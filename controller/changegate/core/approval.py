@@ -22,6 +22,7 @@ from changegate.core.budget import Budget
 from changegate.core.digest import ViewRules, digest
 from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
 from changegate.core.errors import ChangeGateError, NotCanonicalError, StatementError
+from changegate.core.reasons import ReasonCode
 from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import TrustStore
 
@@ -29,7 +30,8 @@ MAX_SIGNATURES = 16
 MAX_STATEMENT_B64 = 21848  # 16 KiB of bytes, base64-encoded with padding
 CLOCK_SKEW = timedelta(seconds=60)
 # Problems that only leave a signature uncounted; they block nothing by themselves.
-UNCOUNTED = ("approver_duplicate", "self_approval", "automation_approver")
+UNCOUNTED = (ReasonCode.APPROVER_DUPLICATE, ReasonCode.SELF_APPROVAL,
+             ReasonCode.AUTOMATION_APPROVER)
 # CR spec fields that must equal the statement's (the statement is what was signed).
 SPEC_FIELDS = ("cluster", "operation", "fromDigest", "toDigest", "changeRecord",
                "requestedBy", "issuedAt", "expiresAt", "rollout", "assistance")
@@ -114,13 +116,14 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
         payload = decode_statement(spec)
     except StatementError as exc:
         return VerifiedApproval(statement=None, approvers=frozenset(), signers=frozenset(),
-                                problems=(Problem("statement_invalid", str(exc)),),
+                                problems=(Problem(ReasonCode.STATEMENT_INVALID, str(exc)),),
                                 signature_results=())
     message = pae(PAYLOAD_TYPE, payload)
     signatures = spec.get("signatures") or []
     if not isinstance(signatures, list) or len(signatures) > MAX_SIGNATURES:
         return VerifiedApproval(statement=None, approvers=frozenset(), signers=frozenset(),
-                                problems=(Problem("statement_invalid", "spec.signatures must be "
+                                problems=(Problem(ReasonCode.STATEMENT_INVALID,
+                                                  "spec.signatures must be "
                                                   f"a list of at most {MAX_SIGNATURES}"),),
                                 signature_results=())
     signers: dict[str, str] = {}  # name -> role
@@ -131,13 +134,13 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
             sig = b64decode(entry.get("sig", "") if isinstance(entry, dict) else "")
         except ValueError as exc:
             results.append("invalid")
-            problems.append(Problem("signature_invalid", f"signatures[{index}]: {exc}"))
+            problems.append(Problem(ReasonCode.SIGNATURE_INVALID, f"signatures[{index}]: {exc}"))
             continue
         named = trust.by_keyid(keyid)
         if named is not None and not named.approver.may_approve_in(obj_namespace):
             # No verification spent: whatever it proves, it cannot count here.
             results.append("untrusted")
-            problems.append(Problem("approver_wrong_namespace",
+            problems.append(Problem(ReasonCode.APPROVER_WRONG_NAMESPACE,
                                     f"signatures[{index}] names {named.approver.name}'s key; "
                                     f"{named.approver.name} may not approve in namespace "
                                     f"{obj_namespace}"))
@@ -147,31 +150,31 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
         if signer is None:
             if named is not None:
                 results.append("invalid")
-                problems.append(Problem("signature_invalid",
+                problems.append(Problem(ReasonCode.SIGNATURE_INVALID,
                                         f"signatures[{index}] claims {named.approver.name}'s key "
                                         "but does not verify: forged or made over other bytes"))
             else:
                 results.append("untrusted")
-                problems.append(Problem("key_untrusted",
+                problems.append(Problem(ReasonCode.KEY_UNTRUSTED,
                                         f"signatures[{index}] is by no key in the trust store "
                                         f"for namespace {obj_namespace}"))
             continue
         results.append("valid")
         name = signer.approver.name
         if name in signers:
-            problems.append(Problem("approver_duplicate",
+            problems.append(Problem(ReasonCode.APPROVER_DUPLICATE,
                                     f"{name} signed twice (two keys of one person count once)"))
         signers.setdefault(name, signer.approver.role)
         if signer.approver.role != "approver":
             continue  # a requester's key signs as requester only
         if name.startswith("system:") and not allow_service_accounts:
-            problems.append(Problem("key_untrusted",
+            problems.append(Problem(ReasonCode.KEY_UNTRUSTED,
                                     f"{name} is a service account; the policy refuses those "
                                     "as approvers"))
             signers[name] = "service-account"
         elif name in automation:
             # Ignored, not spoiling: the humans' signatures on the same approval still count.
-            problems.append(Problem("automation_approver",
+            problems.append(Problem(ReasonCode.AUTOMATION_APPROVER,
                                     f"{name} is an automation identity (policy automation); "
                                     "it never counts as an approver"))
             signers[name] = "automation"
@@ -182,13 +185,13 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
     try:
         statement = parse_statement(payload)
     except StatementError as exc:
-        problems.append(Problem("statement_invalid", str(exc)))
+        problems.append(Problem(ReasonCode.STATEMENT_INVALID, str(exc)))
         return VerifiedApproval(statement=None, approvers=frozenset(),
                                 signers=frozenset(signers), problems=tuple(problems),
                                 signature_results=tuple(results))
     wrong = spec_mismatches(spec, statement, obj_namespace)
     if wrong:
-        problems.append(Problem("spec_statement_mismatch",
+        problems.append(Problem(ReasonCode.SPEC_STATEMENT_MISMATCH,
                                 "the ChangeApproval's fields differ from the signed statement: "
                                 + ", ".join(wrong)))
         return VerifiedApproval(statement=None, approvers=frozenset(),
@@ -198,7 +201,7 @@ def verify_approval(obj_namespace: str, spec: Mapping[str, Any], trust: TrustSto
     requester = statement.predicate.requestedBy
     if requester in approvers:
         approvers.discard(requester)
-        problems.append(Problem("self_approval",
+        problems.append(Problem(ReasonCode.SELF_APPROVAL,
                                 f"{requester} requested this change and cannot approve it"))
     return VerifiedApproval(statement=statement, approvers=frozenset(approvers),
                             signers=frozenset(signers), problems=tuple(problems),
@@ -293,46 +296,50 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     if st is None:
         result.problems.extend(p for p in verified.problems if p.code in NOT_COUNTED)
         if not result.problems:
-            result.problems.append(Problem("no_approval", "no signature verifies"))
+            result.problems.append(Problem(ReasonCode.NO_APPROVAL, "no signature verifies"))
         return result
     p = st.predicate
     result.record, result.nonce = p.changeRecord.id, p.nonce
     add = result.problems.append
     if p.operation != change.operation:
-        add(Problem("operation_mismatch", f"approval is for {p.operation}, request is "
+        add(Problem(ReasonCode.OPERATION_MISMATCH, f"approval is for {p.operation}, request is "
                                           f"{change.operation}"))
     t = p.target
     if (t.apiVersion, t.kind, t.namespace, t.name) != (
             change.api_version, change.kind, change.namespace, change.name):
-        add(Problem("target_mismatch", f"approval names {t.kind} {t.namespace}/{t.name}"))
+        add(Problem(ReasonCode.TARGET_MISMATCH, f"approval names {t.kind} {t.namespace}/{t.name}"))
     elif t.uid != change.uid:
-        add(Problem("target_mismatch", f"approval names object uid {t.uid}, the live object is "
-                                       f"{change.uid}"))
+        add(Problem(ReasonCode.TARGET_MISMATCH,
+                    f"approval names object uid {t.uid}, the live object is "
+                    f"{change.uid}"))
     if p.fromDigest != change.from_digest:
-        add(Problem("digest_mismatch", f"approval starts from {p.fromDigest}, the live object "
-                                       f"is {change.from_digest}"))
+        add(Problem(ReasonCode.DIGEST_MISMATCH,
+                    f"approval starts from {p.fromDigest}, the live object "
+                    f"is {change.from_digest}"))
     if p.toDigest != change.to_digest:
-        add(Problem("digest_mismatch", f"approval produces {p.toDigest}, this request "
+        add(Problem(ReasonCode.DIGEST_MISMATCH, f"approval produces {p.toDigest}, this request "
                                        f"produces {change.to_digest}"))
     # After "is this the change?": for another change, that is the useful answer. Reasons
     # follow facts (SPEC §4 rule 5): past expiresAt is `expired` whatever the phase says.
     expired = now >= st.expires_at
     if expired:
-        add(Problem("expired", f"approval {name} expired at {p.expiresAt}"))
+        add(Problem(ReasonCode.EXPIRED, f"approval {name} expired at {p.expiresAt}"))
     elif p.nonce in used:
-        add(Problem("approval_used", f"approval {name} was already used (its nonce is in the "
-                                     "ledger); request a new one"))
+        add(Problem(ReasonCode.APPROVAL_USED,
+                    f"approval {name} was already used (its nonce is in the "
+                    "ledger); request a new one"))
     elif phase == "Applied":
-        add(Problem("approval_used", f"approval {name} is Applied"))
+        add(Problem(ReasonCode.APPROVAL_USED, f"approval {name} is Applied"))
     elif phase == "Expired":  # the operator's clock is ahead of ours: status only tightens
-        add(Problem("expired", f"approval {name} is marked Expired"))
+        add(Problem(ReasonCode.EXPIRED, f"approval {name} is marked Expired"))
     if p.cluster != cluster:
-        add(Problem("cluster_mismatch", f"approval is for cluster {p.cluster!r}, this is "
+        add(Problem(ReasonCode.CLUSTER_MISMATCH, f"approval is for cluster {p.cluster!r}, this is "
                                         f"{cluster!r}"))
     add_time_problems(st, now, max_lifetime, add, expiry=False)
     if not record_matches(record_pattern, p.changeRecord.id):
-        add(Problem("change_record_invalid", f"change record {p.changeRecord.id!r} does not "
-                                             f"match {record_pattern}"))
+        add(Problem(ReasonCode.CHANGE_RECORD_INVALID,
+                    f"change record {p.changeRecord.id!r} does not "
+                    f"match {record_pattern}"))
     # The applier, like the requester, never counts; the approval stays valid if enough
     # others signed (SPEC §1: two approvers, neither of whom requested or applies it).
     approvers = verified.approvers - {change.applier}
@@ -340,12 +347,13 @@ def fit(verified: VerifiedApproval, change: Change, *, cluster: str, now: dateti
     if len(approvers) < required:
         excluded = [q for q in verified.problems if q.code in UNCOUNTED]
         if change.applier in verified.approvers:
-            excluded.insert(0, Problem("applier_approval", f"{change.applier} applies this "
-                                                           "change and cannot also approve it"))
+            excluded.insert(0, Problem(ReasonCode.APPLIER_APPROVAL,
+                                       f"{change.applier} applies this "
+                                       "change and cannot also approve it"))
         detail = f"{len(approvers)}/{required} approvals"
         if excluded:
             detail += " (" + "; ".join(q.detail for q in excluded) + ")"
-        add(Problem(excluded[0].code if excluded else "approvals_insufficient", detail))
+        add(Problem(excluded[0].code if excluded else ReasonCode.APPROVALS_INSUFFICIENT, detail))
         # Only now do signatures that do not count matter: they explain the shortfall.
         result.problems.extend(q for q in verified.problems if q.code in NOT_COUNTED)
     return result
@@ -359,12 +367,13 @@ def add_time_problems(st: Statement, now: datetime, max_lifetime: int, add: Any,
                       expiry: bool = True) -> None:
     issued, expires = st.issued_at, st.expires_at
     if issued > now + CLOCK_SKEW:
-        add(Problem("not_yet_valid", f"issued at {st.predicate.issuedAt}, in the future"))
+        add(Problem(ReasonCode.NOT_YET_VALID, f"issued at {st.predicate.issuedAt}, in the future"))
     if expiry and now >= expires:
-        add(Problem("expired", f"expired at {st.predicate.expiresAt}"))
+        add(Problem(ReasonCode.EXPIRED, f"expired at {st.predicate.expiresAt}"))
     if (expires - issued).total_seconds() > max_lifetime:
-        add(Problem("lifetime_exceeded", f"lifetime {expires - issued} is over the maximum "
-                                         f"{timedelta(seconds=max_lifetime)}"))
+        add(Problem(ReasonCode.LIFETIME_EXCEEDED,
+                    f"lifetime {expires - issued} is over the maximum "
+                    f"{timedelta(seconds=max_lifetime)}"))
 
 
 def manifest_digest(spec: Mapping[str, Any], rules: ViewRules, autoscaled: bool) -> str | None:
@@ -388,8 +397,9 @@ def best(fits: Iterable[Fit]) -> Fit | None:
 
 def _closeness(f: Fit) -> tuple[bool, bool, bool, int, int]:
     return (not f.ok,
-            any(q.code in ("target_mismatch", "operation_mismatch") for q in f.problems),
-            any(q.code == "digest_mismatch" for q in f.problems),
+            any(q.code in (ReasonCode.TARGET_MISMATCH, ReasonCode.OPERATION_MISMATCH)
+                for q in f.problems),
+            any(q.code == ReasonCode.DIGEST_MISMATCH for q in f.problems),
             -len(f.approvers),
             len(f.problems))
 

@@ -12,9 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from changegate.core.dsse import PrivateKey, sign_envelope
+from changegate.core.names import API_VERSION, KIND
 from changegate.core.statement import build_statement, format_time
-
-API_VERSION = "changegate.io/v1alpha1"
 
 
 def approval_name(record: str, kind: str, name: str) -> str:
@@ -57,7 +56,7 @@ def change_approval(*, namespace: str, name: str, cluster: str, target: Mapping[
         spec["assistance"] = assistance
     if manifest is not None:
         spec["manifest"] = dict(manifest)
-    return {"apiVersion": API_VERSION, "kind": "ChangeApproval",
+    return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 

@@ -28,7 +28,9 @@ from changegate.core.approval import (
 from changegate.core.budget import MAX_VERIFICATIONS, Budget, BudgetExhausted
 from changegate.core.digest import ABSENT, digest
 from changegate.core.errors import NotCanonicalError
+from changegate.core.names import BREAK_GLASS, GROUP, PLURAL
 from changegate.core.policy import ExemptWriter, NamespaceSettings, Policy, namespace_settings
+from changegate.core.reasons import ReasonCode
 from changegate.core.review import AdmissionRequest
 from changegate.core.senior import (
     automation_in_trust,
@@ -41,7 +43,6 @@ from changegate.core.snapshot import ApprovalObject, NamespaceInfo, Snapshot
 from changegate.core.trust import TrustStore
 from changegate.core.verdict import Decision, Verdict
 
-BREAK_GLASS = "changegate.io/break-glass"
 GATED = {("apps", "deployments"): "Deployment", ("", "configmaps"): "ConfigMap"}
 SYSTEM_NAMESPACES = frozenset({"kube-system"})
 # Bounded work (SPEC §5). Per target: the approvals that name this very change are
@@ -72,21 +73,21 @@ def decide(request: AdmissionRequest, snapshot: Snapshot, now: datetime,
 
 def _route(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context) -> Verdict:
     if req.sub_resource == "status":
-        return Verdict.allow("not_gated", "status is never intercepted")
+        return Verdict.allow(ReasonCode.NOT_GATED, "status is never intercepted")
     key = (req.resource_group, req.resource)
     if key == ("", "namespaces"):
         return guards.namespace_guard(req, snap)
     if req.namespace == snap.process.namespace and key == ("", "configmaps"):
         return guards.config_guard(req, snap)
     if req.namespace in SYSTEM_NAMESPACES or req.namespace == snap.process.namespace:
-        return Verdict.allow("not_gated", "system or controller namespace")
-    if key == ("changegate.io", "changeapprovals"):
+        return Verdict.allow(ReasonCode.NOT_GATED, "system or controller namespace")
+    if key == (GROUP, PLURAL):
         return guards.approval_object(req, snap, now, Budget(ctx.max_verifications))
     if key == ("apps", "deployments") and req.sub_resource == "scale":
         return guards.scale_guard(req, snap)
     kind = GATED.get(key)
     if kind is None or req.sub_resource:
-        return Verdict.allow("not_gated", f"{req.resource} is not gated")
+        return Verdict.allow(ReasonCode.NOT_GATED, f"{req.resource} is not gated")
     return _gated(req, snap, now, ctx, kind)
 
 
@@ -131,27 +132,30 @@ def namespace_gate(ns: NamespaceInfo, policy: Policy, trust: TrustStore) -> Name
 def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
            kind: str) -> Verdict:
     if snap.config_error:
-        return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
+        return Verdict.deny(ReasonCode.CONFIG_INVALID,
+                            f"configuration invalid: {snap.config_error}")
     policy, trust = snap.policy, snap.trust
     assert policy is not None and trust is not None  # config_error covers both
     ns = snap.namespace(req.namespace)
     if ns is None:
-        return Verdict.deny("namespace_unknown", f"namespace {req.namespace} is not known to "
+        return Verdict.deny(ReasonCode.NAMESPACE_UNKNOWN,
+                            f"namespace {req.namespace} is not known to "
                             "the webhook yet; its gate cannot be judged (retry shortly)")
     gate = namespace_gate(ns, policy, trust)
     if not gate.tier1:
-        return Verdict.allow("not_gated", f"namespace {req.namespace} is not tier-1")
+        return Verdict.allow(ReasonCode.NOT_GATED, f"namespace {req.namespace} is not tier-1")
     if req.operation not in policy.gatedOperations:
-        return Verdict.allow("not_gated", f"{req.operation} is not gated by the policy")
+        return Verdict.allow(ReasonCode.NOT_GATED, f"{req.operation} is not gated by the policy")
     settings = gate.settings
     verdict = Verdict(kind=kind, settings=settings)
     verdict.warnings.extend(gate.warnings)
     if req.operation == "DELETE" and gate.terminating:
-        return verdict.set_allow("namespace_terminating", "the namespace is being deleted")
+        return verdict.set_allow(ReasonCode.NAMESPACE_TERMINATING, "the namespace is being deleted")
     for writer in gate.exempt:
         if writer.matches(req.username, req.groups, kind, req.namespace, req.name):
-            return verdict.set_allow("exempt_writer", f"{req.username} is an exempt writer "
-                                                      f"of {kind} {req.name}")
+            return verdict.set_allow(ReasonCode.EXEMPT_WRITER,
+                                     f"{req.username} is an exempt writer "
+                                     f"of {kind} {req.name}")
     autoscaled = kind == "Deployment" and snap.is_autoscaled(req.namespace, req.name)
     scale_down = autoscaled and guards.replicas_decrease(req) and (
         req.username not in policy.scaleExemptUsers)
@@ -165,7 +169,7 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         if old == new and req.operation == "UPDATE" and not scale_down:
             # Nothing the digest covers changes: no break-glass either (a reason added
             # alone changes nothing under it).
-            return verdict.set_allow("no_change", "the change does not touch the approved "
+            return verdict.set_allow(ReasonCode.NO_CHANGE, "the change does not touch the approved "
                                                   "state")
     if guards.is_break_glass(req, snap):
         # Before anything that fails on the object (SPEC §5): a live object whose view
@@ -175,22 +179,22 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
                      .get(BREAK_GLASS, ""))
         verdict.warnings.append(f"changegate: BREAK-GLASS by {req.username}: {reason[:120]}"
                                 " (recorded; a review is owed)")
-        return verdict.set_allow("break_glass", f"break-glass: {reason}")
+        return verdict.set_allow(ReasonCode.BREAK_GLASS, f"break-glass: {reason}")
     if unreadable is not None:
-        return verdict.set_deny("not_canonical", str(unreadable))
+        return verdict.set_deny(ReasonCode.NOT_CANONICAL, str(unreadable))
     if policy.is_automation(req.username, req.groups) and guards.carries_break_glass(req):
         verdict.warnings.append(f"changegate: {req.username} is an automation identity: "
                                 "break-glass is not for automation (SPEC §6a); an approval "
                                 "is needed")
     if scale_down:
-        return verdict.set_deny("scale_down", guards.SCALE_DOWN_HELP)
+        return verdict.set_deny(ReasonCode.SCALE_DOWN, guards.SCALE_DOWN_HELP)
     if kind == "Deployment" and settings.mode == "canary" and (
             req.username != snap.process.operator_service_account):
-        return verdict.set_deny("canary_required", guards.CANARY_HELP)
+        return verdict.set_deny(ReasonCode.CANARY_REQUIRED, guards.CANARY_HELP)
     if req.object is not None:
         tags = guards.tag_only_images(req.object)
         if tags and policy.requireImageDigests:
-            return verdict.set_deny("image_not_pinned",
+            return verdict.set_deny(ReasonCode.IMAGE_NOT_PINNED,
                                     "images must be pinned by digest (@sha256:...): "
                                     + ", ".join(tags))
         verdict.image_tags = tags
@@ -203,7 +207,7 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         winner, fits = search.find(change, autoscaled)
     except BudgetExhausted:
         verdict.signature_results = search.results()
-        return verdict.set_deny("deadline_exceeded", (
+        return verdict.set_deny(ReasonCode.DEADLINE_EXCEEDED, (
             f"verifying the approvals for this change would pass the webhook's deadline "
             f"(more than {ctx.max_verifications} signature checks); nothing was admitted. "
             "Too many signed ChangeApprovals name this object or its change record: "
@@ -213,22 +217,24 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
         verdict.approval, verdict.approvers = winner.approval, winner.approvers
         verdict.record, verdict.nonce = winner.record, winner.nonce
         verdict.approvals = len(winner.approvers)
-        return verdict.set_allow("approved", f"approved by {', '.join(sorted(winner.approvers))} "
-                                             f"under {winner.record}")
+        return verdict.set_allow(ReasonCode.APPROVED,
+                                 f"approved by {', '.join(sorted(winner.approvers))} "
+                                 f"under {winner.record}")
     closest = best(fits)
     restart = guards.is_restart_only(req, policy)
     if restart and policy.restartWriters.includes(req.username, req.groups):
-        return verdict.set_allow("restart", "a restart of the approved template")
+        return verdict.set_allow(ReasonCode.RESTART, "a restart of the approved template")
     if closest is not None and not (restart and closest.names_another_change):
         verdict.approval, verdict.record = closest.approval, closest.record
         verdict.approvals = len(closest.approvers)
         first = closest.problems[0]
-        verdict.set_deny(first.code, first.detail)
+        verdict.set_deny(ReasonCode(first.code), first.detail)
         verdict.extra = closest.problems[1:]
     elif restart:
-        verdict.set_deny("restart_unapproved", guards.RESTART_HELP.format(name=req.name))
+        verdict.set_deny(ReasonCode.RESTART_UNAPPROVED, guards.RESTART_HELP.format(name=req.name))
     else:
-        verdict.set_deny("no_approval", "no ChangeApproval in this namespace names this change")
+        verdict.set_deny(ReasonCode.NO_APPROVAL,
+                         "no ChangeApproval in this namespace names this change")
     return verdict
 
 
@@ -267,12 +273,12 @@ class _Search:
                 got = self._manifest_digest(obj, autoscaled)
                 if got != change.to_digest:
                     result.problems.append(Problem(
-                        "manifest_mismatch",
+                        ReasonCode.MANIFEST_MISMATCH,
                         f"approval {obj.name}'s manifest is not what it signed"))
             if result.ok and self.policy.atomicRecords:
                 held = self._record_holds(obj, result, change.applier)
                 if held:
-                    result.problems.append(Problem("record_incomplete", held))
+                    result.problems.append(Problem(ReasonCode.RECORD_INCOMPLETE, held))
             fits.append(result)
             if result.ok:
                 return result, fits
@@ -341,7 +347,7 @@ class _Search:
             add_time_problems(st, self.now, self.policy.maxApprovalLifetime, problems.append)
             required = self.settings.required_approvals
             if len(verified.approvers) < required:
-                problems.append(Problem("approvals_insufficient",
+                problems.append(Problem(ReasonCode.APPROVALS_INSUFFICIENT,
                                         f"{len(verified.approvers)}/{required}"))
             assert self.snap.trust is not None
             extra = [declaration_problem(self.policy, st),

@@ -22,6 +22,7 @@ from changegate.core.budget import Budget, BudgetExhausted
 from changegate.core.digest import view
 from changegate.core.dsse import PAYLOAD_TYPE, b64decode, pae
 from changegate.core.errors import ChangeGateError, StatementError
+from changegate.core.names import BREAK_GLASS
 from changegate.core.policy import (
     BUILT_IN_EXEMPT,
     ENFORCEMENT_ANNOTATION,
@@ -33,6 +34,7 @@ from changegate.core.policy import (
     namespace_settings,
     required_approvals_value,
 )
+from changegate.core.reasons import ReasonCode
 from changegate.core.review import AdmissionRequest
 from changegate.core.senior import declaration_problem
 from changegate.core.snapshot import POLICY_KEY, TRUST_KEY, Snapshot
@@ -40,7 +42,6 @@ from changegate.core.statement import Statement, parse_statement
 from changegate.core.trust import TrustStore, load_trust_store
 from changegate.core.verdict import Verdict
 
-BREAK_GLASS = "changegate.io/break-glass"
 MAX_MANIFEST_BYTES = 1024 * 1024
 SCALE_DOWN_HELP = ("a scale-down of a tier-1 Deployment needs an approval: change spec.replicas "
                    "through changegate request (or use break-glass in an incident)")
@@ -144,21 +145,23 @@ def is_restart_only(req: AdmissionRequest, policy: Policy) -> bool:
 
 def scale_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
     if snap.config_error:
-        return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
+        return Verdict.deny(ReasonCode.CONFIG_INVALID,
+                            f"configuration invalid: {snap.config_error}")
     policy = snap.policy
     assert policy is not None
     ns = snap.namespace(req.namespace)
     if ns is None:
-        return Verdict.deny("namespace_unknown", f"namespace {req.namespace} is not known to "
+        return Verdict.deny(ReasonCode.NAMESPACE_UNKNOWN,
+                            f"namespace {req.namespace} is not known to "
                             "the webhook yet; its gate cannot be judged (retry shortly)")
     if not policy.selects(dict(ns.labels)):
-        return Verdict.allow("not_gated", "namespace is not tier-1")
+        return Verdict.allow(ReasonCode.NOT_GATED, "namespace is not tier-1")
     if req.username in policy.scaleExemptUsers:
-        return Verdict.allow("scale_up", f"{req.username} is an autoscaler identity")
+        return Verdict.allow(ReasonCode.SCALE_UP, f"{req.username} is an autoscaler identity")
     if not replicas_decrease(req):
-        return Verdict.allow("scale_up", "not a scale-down")
+        return Verdict.allow(ReasonCode.SCALE_UP, "not a scale-down")
     verdict = Verdict(kind="Deployment")
-    return verdict.set_deny("scale_down", SCALE_DOWN_HELP)
+    return verdict.set_deny(ReasonCode.SCALE_DOWN, SCALE_DOWN_HELP)
 
 
 def _loosened_namespace(policy: Policy, old: Mapping[str, Any], new: Mapping[str, Any] | None
@@ -190,11 +193,12 @@ def _gate_metadata(obj: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
 
 def namespace_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
     if req.operation not in ("UPDATE", "DELETE") or req.old_object is None:
-        return Verdict.allow("not_gated", "only updates and deletes of namespaces are guarded")
+        return Verdict.allow(ReasonCode.NOT_GATED,
+                             "only updates and deletes of namespaces are guarded")
     new = None if req.operation == "DELETE" else req.object
     bad = _bad_required_approvals(req.old_object, new)
     if bad:
-        return Verdict.deny("namespace_guard", bad)
+        return Verdict.deny(ReasonCode.NAMESPACE_GUARD, bad)
     policy = snap.policy
     if policy is None:
         # Unreadable policy: the tierSelector is unknown, so every change of the labels or
@@ -205,16 +209,16 @@ def namespace_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
                _gate_metadata(req.old_object) != _gate_metadata(new) else "")
         why = why and f"{why} while the policy is unreadable ({snap.policy_error or 'missing'})"
     elif not policy.selects(dict((req.old_object.get("metadata") or {}).get("labels") or {})):
-        return Verdict.allow("not_gated", "not a tier-1 namespace")
+        return Verdict.allow(ReasonCode.NOT_GATED, "not a tier-1 namespace")
     else:
         why = _loosened_namespace(policy, req.old_object, new)
     if not why:
-        return Verdict.allow("not_gated", "the change does not loosen the namespace")
+        return Verdict.allow(ReasonCode.NOT_GATED, "the change does not loosen the namespace")
     if req.groups.intersection(admin_groups(snap)):
-        verdict = Verdict.allow("policy_change", f"policy admin {req.username}: {why}")
+        verdict = Verdict.allow(ReasonCode.POLICY_CHANGE, f"policy admin {req.username}: {why}")
         verdict.policy_change = True
         return verdict
-    verdict = Verdict.deny("namespace_guard", f"{why}; only policyAdminGroups may do that")
+    verdict = Verdict.deny(ReasonCode.NAMESPACE_GUARD, f"{why}; only policyAdminGroups may do that")
     verdict.policy_change = False
     return verdict
 
@@ -284,21 +288,23 @@ def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
     name = req.name
     if process.is_ledger(name):
         if req.username == process.operator_service_account:
-            return Verdict.allow("config_change", "the operator writes the ledger")
-        verdict = Verdict.deny("config_guard", "only the changegate operator may write the ledger")
+            return Verdict.allow(ReasonCode.CONFIG_CHANGE, "the operator writes the ledger")
+        verdict = Verdict.deny(ReasonCode.CONFIG_GUARD,
+                               "only the changegate operator may write the ledger")
         verdict.config_change = ("ledger", True)
         return verdict
     if name == process.config_configmap:
         if req.groups.intersection(admin_groups(snap)):
-            verdict = Verdict.allow("config_change", f"process configuration changed by policy "
-                                                     f"admin {req.username}")
+            verdict = Verdict.allow(ReasonCode.CONFIG_CHANGE,
+                                    f"process configuration changed by policy "
+                                    f"admin {req.username}")
         else:
-            verdict = Verdict.deny("config_guard",
+            verdict = Verdict.deny(ReasonCode.CONFIG_GUARD,
                                    "only policyAdminGroups may change the process configuration")
         verdict.config_change = ("process", True)  # it names who may loosen: always a page
         return verdict
     if name not in (process.trust_configmap, process.policy_configmap):
-        return Verdict.allow("not_gated", "not a changegate configuration")
+        return Verdict.allow(ReasonCode.NOT_GATED, "not a changegate configuration")
     config = "trust" if name == process.trust_configmap else "policy"
     key = TRUST_KEY if config == "trust" else POLICY_KEY
     new_text = ((req.object or {}).get("data") or {}).get(key)
@@ -324,12 +330,13 @@ def config_guard(req: AdmissionRequest, snap: Snapshot) -> Verdict:
     if problem:
         # A rule refusing bad input, not the webhook failing: config_invalid would count as
         # the webhook's own fault (and feed "webhook denying on errors").
-        verdict = Verdict.deny("config_guard", f"refused: {problem}")
+        verdict = Verdict.deny(ReasonCode.CONFIG_GUARD, f"refused: {problem}")
     elif req.groups.intersection(admin_groups(snap)):
-        verdict = Verdict.allow("config_change", f"{config} changed by policy admin "
+        verdict = Verdict.allow(ReasonCode.CONFIG_CHANGE, f"{config} changed by policy admin "
                                                  f"{req.username}")
     else:
-        verdict = Verdict.deny("config_guard", f"only policyAdminGroups may change the {config}")
+        verdict = Verdict.deny(ReasonCode.CONFIG_GUARD,
+                               f"only policyAdminGroups may change the {config}")
     verdict.warnings.extend(warnings)
     verdict.config_change = (config, loosened)
     return verdict
@@ -355,28 +362,29 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
     memoized: the object is the request's, and any pod can send a forged review."""
     del now  # validity in time is judged at use, not at creation
     if req.operation not in ("CREATE", "UPDATE") or req.object is None:
-        return Verdict.allow("not_gated", "only creates and updates are checked")
+        return Verdict.allow(ReasonCode.NOT_GATED, "only creates and updates are checked")
     if req.operation == "UPDATE" and req.object.get("spec") == (req.old_object or {}).get("spec"):
         # Metadata only (the operator's finalizer, labels): nothing signed changes, and a
         # policy change or a broken config must never make an approval undeletable.
-        return Verdict.allow("not_gated", "the spec is unchanged")
+        return Verdict.allow(ReasonCode.NOT_GATED, "the spec is unchanged")
     if snap.config_error:
-        return Verdict.deny("config_invalid", f"configuration invalid: {snap.config_error}")
+        return Verdict.deny(ReasonCode.CONFIG_INVALID,
+                            f"configuration invalid: {snap.config_error}")
     policy, trust = snap.policy, snap.trust
     assert policy is not None and trust is not None
     spec = req.object.get("spec")
     if not isinstance(spec, dict):
-        return Verdict.deny("statement_invalid", "spec is missing")
+        return Verdict.deny(ReasonCode.STATEMENT_INVALID, "spec is missing")
     if req.operation == "UPDATE":
         old_spec = (req.old_object or {}).get("spec") or {}
         changed = sorted(k for k in set(spec) | set(old_spec)
                          if k != "signatures" and spec.get(k) != old_spec.get(k))
         if changed:
-            return Verdict.deny("approval_immutable",
+            return Verdict.deny(ReasonCode.APPROVAL_IMMUTABLE,
                                 f"spec fields are immutable once created: {', '.join(changed)}")
         old_sigs, new_sigs = old_spec.get("signatures") or [], spec.get("signatures") or []
         if any(s not in new_sigs for s in old_sigs):
-            return Verdict.deny("approval_immutable", "signatures may only be appended")
+            return Verdict.deny(ReasonCode.APPROVAL_IMMUTABLE, "signatures may only be appended")
     st = _well_formed(req, spec, snap, policy)
     if isinstance(st, Verdict):
         return st
@@ -385,26 +393,28 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
     try:
         junk = _junk_signature(req.namespace, spec, old_sigs, trust, budget)
     except BudgetExhausted:
-        return Verdict.deny("deadline_exceeded", "verifying this ChangeApproval's signatures "
+        return Verdict.deny(ReasonCode.DEADLINE_EXCEEDED,
+                            "verifying this ChangeApproval's signatures "
                             "would pass the webhook's deadline")
     if junk is not None:
         return junk
     if req.operation == "CREATE":
         requester = st.predicate.requestedBy
         if st.predicate.nonce in snap.ledger:
-            return Verdict.deny("approval_used", "this statement's nonce was already used; "
-                                                 "request a new approval")
+            return Verdict.deny(ReasonCode.APPROVAL_USED,
+                                "this statement's nonce was already used; "
+                                "request a new approval")
         if requester != req.username and req.username != snap.process.operator_service_account:
             if req.username not in policy.trustedCreators:
-                return Verdict.deny("requester_mismatch",
+                return Verdict.deny(ReasonCode.REQUESTER_MISMATCH,
                                     f"requestedBy is {requester!r} but {req.username!r} creates "
                                     "it; request your own changes")
             verified = verify_approval(req.namespace, spec, trust, allow_service_accounts=True)
             if requester not in verified.signers:
-                return Verdict.deny("requester_mismatch",
+                return Verdict.deny(ReasonCode.REQUESTER_MISMATCH,
                                     f"trusted creator {req.username} may create an approval for "
                                     f"{requester} only with {requester}'s own signature")
-    return Verdict.allow("approved", "the ChangeApproval is well-formed")
+    return Verdict.allow(ReasonCode.APPROVED, "the ChangeApproval is well-formed")
 
 
 def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
@@ -414,52 +424,55 @@ def _well_formed(req: AdmissionRequest, spec: Mapping[str, Any], snap: Snapshot,
         raw = decode_statement(spec)
         st = parse_statement(raw)
     except StatementError as exc:
-        return Verdict.deny("statement_invalid", str(exc))
+        return Verdict.deny(ReasonCode.STATEMENT_INVALID, str(exc))
     signatures = spec.get("signatures") or []
     if not isinstance(signatures, list) or len(signatures) > MAX_SIGNATURES:
-        return Verdict.deny("statement_invalid", f"at most {MAX_SIGNATURES} signatures")
+        return Verdict.deny(ReasonCode.STATEMENT_INVALID, f"at most {MAX_SIGNATURES} signatures")
     for index, sig in enumerate(signatures):
         try:
             if not isinstance(sig, dict) or not isinstance(sig.get("keyid", ""), str):
                 raise ValueError("not {keyid, sig}")
             b64decode(sig.get("sig", ""))
         except ValueError as exc:
-            return Verdict.deny("statement_invalid", f"signatures[{index}]: {exc}")
+            return Verdict.deny(ReasonCode.STATEMENT_INVALID, f"signatures[{index}]: {exc}")
     wrong = spec_mismatches(spec, st, req.namespace)
     if wrong:
-        return Verdict.deny("spec_statement_mismatch",
+        return Verdict.deny(ReasonCode.SPEC_STATEMENT_MISMATCH,
                             "fields differ from the statement: " + ", ".join(wrong))
     undeclared = declaration_problem(policy, st)
     if undeclared is not None:
-        return Verdict.deny(undeclared.code, undeclared.detail)
+        return Verdict.deny(ReasonCode(undeclared.code), undeclared.detail)
     p = st.predicate
     if not re.fullmatch(policy.changeRecordPattern, p.changeRecord.id):
-        return Verdict.deny("change_record_invalid", f"change record {p.changeRecord.id!r} does "
-                                                     f"not match {policy.changeRecordPattern}")
+        return Verdict.deny(ReasonCode.CHANGE_RECORD_INVALID,
+                            f"change record {p.changeRecord.id!r} does "
+                            f"not match {policy.changeRecordPattern}")
     if p.operation != "DELETE":
         manifest = spec.get("manifest")
         if not isinstance(manifest, dict):
-            return Verdict.deny("manifest_mismatch", "manifest is required for CREATE and UPDATE")
+            return Verdict.deny(ReasonCode.MANIFEST_MISMATCH,
+                                "manifest is required for CREATE and UPDATE")
         if len(orjson.dumps(manifest)) > MAX_MANIFEST_BYTES:
-            return Verdict.deny("manifest_mismatch", "manifest is over 1 MiB")
+            return Verdict.deny(ReasonCode.MANIFEST_MISMATCH, "manifest is over 1 MiB")
         auto = p.target.kind == "Deployment" and snap.is_autoscaled(req.namespace, p.target.name)
         got = manifest_digest(spec, policy.view_rules, auto)
         if got != p.toDigest:
-            return Verdict.deny("manifest_mismatch",
+            return Verdict.deny(ReasonCode.MANIFEST_MISMATCH,
                                 f"manifest has digest {got}, the statement signs {p.toDigest}: "
                                 "reviewers must read what they sign")
     if p.rollout.strategy == "canary":
         ns = snap.namespace(req.namespace)
         if ns is None:
-            return Verdict.deny("namespace_unknown", f"namespace {req.namespace} is not known "
+            return Verdict.deny(ReasonCode.NAMESPACE_UNKNOWN,
+                                f"namespace {req.namespace} is not known "
                                 "to the webhook yet (retry shortly)")
         mode = namespace_settings(policy, dict(ns.annotations)).mode
         if mode != "canary":
-            return Verdict.deny("canary_required", "rollout canary is accepted only in a "
+            return Verdict.deny(ReasonCode.CANARY_REQUIRED, "rollout canary is accepted only in a "
                                                    "namespace whose enforcement is canary")
         replicas = p.rollout.canary.replicas if p.rollout.canary else 1
         if replicas > policy.maxCanaryReplicas:
-            return Verdict.deny("canary_required", f"canary replicas {replicas} exceed "
+            return Verdict.deny(ReasonCode.CANARY_REQUIRED, f"canary replicas {replicas} exceed "
                                                    f"maxCanaryReplicas {policy.maxCanaryReplicas}")
     return st
 
@@ -478,15 +491,16 @@ def _junk_signature(namespace: str, spec: Mapping[str, Any], old: list[Any],
         keyid, sig = str(entry.get("keyid", "")), b64decode(str(entry.get("sig", "")))
         named = trust.by_keyid(keyid)
         if named is not None and not named.approver.may_approve_in(namespace):
-            return Verdict.deny("approver_wrong_namespace",
+            return Verdict.deny(ReasonCode.APPROVER_WRONG_NAMESPACE,
                                 f"signatures[{index}] is by {named.approver.name}, who may not "
                                 f"sign in namespace {namespace}")
         if trust.find_signer(sig, message, keyid, namespace, tried=tried,
                              budget=budget) is None:
             if named is not None:
-                return Verdict.deny("signature_invalid",
+                return Verdict.deny(ReasonCode.SIGNATURE_INVALID,
                                     f"signatures[{index}] claims {named.approver.name}'s key "
                                     "but does not verify over this statement")
-            return Verdict.deny("key_untrusted", f"signatures[{index}] is by no key trusted "
-                                                 f"in namespace {namespace}")
+            return Verdict.deny(ReasonCode.KEY_UNTRUSTED,
+                                f"signatures[{index}] is by no key trusted "
+                                f"in namespace {namespace}")
     return None

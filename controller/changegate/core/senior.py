@@ -12,11 +12,12 @@ import functools
 
 from changegate.core.approval import Problem
 from changegate.core.policy import Policy
+from changegate.core.reasons import ReasonCode
 from changegate.core.statement import Statement
 from changegate.core.trust import TrustStore
 
-SENIOR_REQUIRED = "senior_approval_required"
-DECLARATION_MISSING = "statement_invalid"  # SPEC §6a: without it the statement is invalid
+SENIOR_REQUIRED = ReasonCode.SENIOR_APPROVAL_REQUIRED
+DECLARATION_MISSING = ReasonCode.STATEMENT_INVALID  # SPEC §6a: without it, invalid
 MAX_NAMES = 8
 
 

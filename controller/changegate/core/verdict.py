@@ -1,7 +1,7 @@
 """Verdict (built while deciding) and Decision (what every adapter reads).
 
-Reason codes are the stable vocabulary (docs/contracts.md): the message, the metric label
-and the CLI's exit code are all derived from them here, once.
+Reason codes (`ReasonCode`, docs/contracts.md) are the stable vocabulary: the message, the
+metric label and the CLI's exit code are all derived from them here, once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from changegate.core.approval import Problem
 from changegate.core.guide import next_step
+from changegate.core.reasons import Category, ReasonCode
 
 if TYPE_CHECKING:
     from changegate.core.policy import NamespaceSettings
@@ -20,13 +21,6 @@ if TYPE_CHECKING:
 
 Outcome = Literal["allowed", "denied", "warned", "error"]
 MAX_WARNING = 255  # the API server may cut longer warnings
-WEBHOOK_FAULTS = frozenset({"config_invalid", "cache_not_ready", "internal_error",
-                            "deadline_exceeded", "namespace_unknown"})
-TRUST_REASONS = frozenset({"signature_invalid", "key_untrusted", "approver_wrong_namespace",
-                           "approver_duplicate", "self_approval", "applier_approval",
-                           "approval_used", "spec_statement_mismatch", "statement_invalid",
-                           "manifest_mismatch", "requester_mismatch", "approval_immutable",
-                           "trust_store_invalid", "namespace_mismatch"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -35,7 +29,7 @@ class Decision:
 
     allowed: bool
     outcome: Outcome
-    code: str  # primary reason code
+    code: ReasonCode  # primary reason code
     detail: str
     reasons: tuple[Problem, ...]
     message: str  # the denial text (empty when allowed)
@@ -79,7 +73,8 @@ class Verdict:
     """A decision while it is being made: a route fills it in, finish() makes the Decision."""
 
     allowed: bool = False
-    code: str = ""
+    # A route that never names its reason denies, as the webhook's own fault: fail closed.
+    code: ReasonCode = ReasonCode.INTERNAL_ERROR
     detail: str = ""
     kind: str = ""
     settings: NamespaceSettings | None = None
@@ -99,18 +94,18 @@ class Verdict:
     config_change: tuple[str, bool] | None = None
 
     @classmethod
-    def allow(cls, code: str, detail: str) -> Verdict:
+    def allow(cls, code: ReasonCode, detail: str) -> Verdict:
         return cls(allowed=True, code=code, detail=detail)
 
     @classmethod
-    def deny(cls, code: str, detail: str) -> Verdict:
+    def deny(cls, code: ReasonCode, detail: str) -> Verdict:
         return cls(allowed=False, code=code, detail=detail)
 
-    def set_allow(self, code: str, detail: str) -> Verdict:
+    def set_allow(self, code: ReasonCode, detail: str) -> Verdict:
         self.allowed, self.code, self.detail = True, code, detail
         return self
 
-    def set_deny(self, code: str, detail: str) -> Verdict:
+    def set_deny(self, code: ReasonCode, detail: str) -> Verdict:
         self.allowed, self.code, self.detail = False, code, detail
         return self
 
@@ -119,7 +114,7 @@ class Verdict:
             snap.policy.requiredApprovals if snap.policy else 2)
         approvals = f"{self.approvals}/{required}"
         outcome: Outcome = "allowed" if self.allowed else (
-            "error" if self.code in WEBHOOK_FAULTS else "denied")
+            "error" if self.code.category is Category.FAULT else "denied")
         warnings = self.warnings
         message = ""
         audit = {"changegate.io/decision": f"{outcome}:{self.code}"}
@@ -170,7 +165,7 @@ class Verdict:
         step = next_step(self.code, req, self)
         mode = self.settings.mode if self.settings else "deny"
         dry = req.dry_run and (snap.policy is None or snap.policy.dryRun == "warn")
-        if self.code not in WEBHOOK_FAULTS and (dry or mode == "warn"):
+        if self.code.category is not Category.FAULT and (dry or mode == "warn"):
             prefix = "changegate: would DENY:" if dry else "changegate: would DENY (warn):"
             warnings = [_cut(f"{prefix} {self.code}: {self.detail}")]
             if self.kind:

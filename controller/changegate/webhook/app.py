@@ -23,15 +23,16 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from changegate import logs
 from changegate.config import ServeConfig
 from changegate.core.decision import Context, decide
 from changegate.core.errors import ReviewError
+from changegate.core.reasons import ReasonCode
 from changegate.core.review import AdmissionRequest, build_response, parse_review
 from changegate.core.snapshot import ApprovalObject, NamespaceInfo, Snapshot
 from changegate.core.verdict import Decision, Verdict
@@ -43,8 +44,9 @@ VALIDATE_PATH = "/validate"
 
 # Denials that a ChangeApproval created a moment ago could turn into an allow: the only
 # ones worth one bounded read-through to the API server (DESIGN.md).
-READ_THROUGH_CODES = frozenset({"no_approval", "approvals_insufficient", "record_incomplete",
-                                "senior_approval_required"})
+READ_THROUGH_CODES = frozenset({ReasonCode.NO_APPROVAL, ReasonCode.APPROVALS_INSUFFICIENT,
+                                ReasonCode.RECORD_INCOMPLETE,
+                                ReasonCode.SENIOR_APPROVAL_REQUIRED})
 # At most this long for the read-through, and never closer than MARGIN to the deadline:
 # the answer itself (a denial, most likely) must still get out in time.
 READ_THROUGH_SECONDS = 1.5
@@ -92,29 +94,18 @@ class Webhook:
         self.namespace_lookups = 0
 
     # -- POST /validate -----------------------------------------------------------------
-    async def validate(self, request: web.BaseRequest, loop: asyncio.AbstractEventLoop
-                       ) -> web.Response:
+    async def validate(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
         deadline_at = loop.time() + self.config.deadline_seconds
         limit = self.config.max_body_bytes
-        length = request.content_length  # a property that parses the header each time
-        if length is not None and length > limit:
-            metrics.observe_bad_request(time.perf_counter() - started)
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
-        if hdrs.EXPECT in request.headers:  # after the size check: no body to refuse later
-            await _continue(request)
+        length = request.content_length
         try:
-            payload = request.content
-            if payload.is_eof():
-                # Almost always: the body came with the headers and is buffered. Taken as
-                # it is, without read()'s awaits and copies (~5 us of a request, measured).
-                body = payload.read_nowait()
-                if len(body) > limit:
-                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-            else:
-                # client_max_size also stops chunked bodies. A timer only here: it costs ~7 us.
-                async with asyncio.timeout_at(deadline_at):
-                    body = await request.read()
+            if length is not None and length > limit:  # refused before reading any of it
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+            # client_max_size (make_app) stops a chunked body without a length, too.
+            async with asyncio.timeout_at(deadline_at):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             metrics.observe_bad_request(time.perf_counter() - started)
             raise
@@ -135,6 +126,8 @@ class Webhook:
         try:
             metrics.observe_decision(decision, seconds, namespace=namespace,
                                      snapshot=self.source.snapshot())
+            # Written and flushed before the answer goes out (logs.setup): no decision is
+            # ever acted on without its record.
             logs.audit(decision, review, uid=review.uid, seconds=seconds)
         except Exception:  # the answer is decided: a counting or logging bug must not undo it
             log.exception("recording the decision failed", extra={"fields": {
@@ -156,7 +149,7 @@ class Webhook:
                               deadline_at: float) -> Decision:
         try:
             if not self.source.ready:
-                return self.fault(review, "cache_not_ready",
+                return self.fault(review, ReasonCode.CACHE_NOT_READY,
                                   f"the webhook has not loaded its state yet "
                                   f"({self.source.not_ready_reason()}); retry in a few seconds")
             snap = self.source.snapshot()
@@ -175,17 +168,17 @@ class Webhook:
                 decision = await self._read_through(review, snap, now, decision,
                                                     loop.time(), deadline_at)
         except TimeoutError:
-            return self.fault(review, "deadline_exceeded",
+            return self.fault(review, ReasonCode.DEADLINE_EXCEEDED,
                               f"no decision within the webhook's deadline of "
                               f"{self.config.deadline_seconds:g} s")
         except Exception:  # fail closed, and say so
             log.exception("decision failed", extra={"fields": {"uid": review.uid}})
-            return self.fault(review, "internal_error",
+            return self.fault(review, ReasonCode.INTERNAL_ERROR,
                               "the webhook failed while deciding (see its log); retry, and "
                               "tell the changegate operators if it persists")
         if loop.time() > deadline_at:
             # decide() is synchronous: a timeout cannot cut it short, so check afterwards.
-            return self.fault(review, "deadline_exceeded",
+            return self.fault(review, ReasonCode.DEADLINE_EXCEEDED,
                               f"the decision took longer than the webhook's deadline of "
                               f"{self.config.deadline_seconds:g} s")
         return decision
@@ -223,7 +216,7 @@ class Webhook:
         overlay[review.namespace] = fresh
         return decide(review, dataclasses.replace(snap, approvals=overlay), now, self.context)
 
-    def fault(self, review: AdmissionRequest, code: str, detail: str) -> Decision:
+    def fault(self, review: AdmissionRequest, code: ReasonCode, detail: str) -> Decision:
         """A denial for the webhook's own failure, worded and shaped like any other."""
         try:
             snap = self.source.snapshot()
@@ -264,40 +257,15 @@ class Webhook:
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def make_server(webhook: Webhook) -> web.Server:
-    """The HTTPS side (served with the ReloadingCertificate's SSLContext): one route, so
-    aiohttp's low-level server rather than an Application, whose router and middleware
-    chain cost ~8 us of a ~90 us request (bench/webhook_load.py, allow-all both ways)."""
-    limit = webhook.config.max_body_bytes
-    # Looked up once: each get_running_loop() is a getpid(2), a syscall (fork safety).
-    loop = asyncio.get_running_loop()
-
-    def new_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-                    ) -> web.BaseRequest:
-        # client_max_size makes request.read() refuse bodies over the limit with 413, also
-        # when they arrive chunked without a Content-Length.
-        return web.BaseRequest(message, payload, protocol, writer, task, loop,
-                               client_max_size=limit)
-
-    async def route(request: web.BaseRequest) -> web.StreamResponse:
-        if request.path != VALIDATE_PATH:
-            raise web.HTTPNotFound(text=f"changegate: this port serves POST {VALIDATE_PATH}"
-                                        " only\n")
-        if request.method != "POST":
-            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
-        return await webhook.validate(request, loop)
-
-    return web.Server(route, request_factory=new_request, access_log=None, loop=loop)
-
-
-async def _continue(request: web.BaseRequest) -> None:
-    """What an Application does for `Expect: 100-continue` (curl sends it for big bodies),
-    which the low-level server leaves to its handler: ask the client for the body."""
-    if request.headers[hdrs.EXPECT].lower() != "100-continue" or request.version < (1, 1):
-        raise web.HTTPExpectationFailed(text=f"changegate: unknown Expect: "
-                                             f"{request.headers[hdrs.EXPECT][:100]}\n")
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    request.writer.output_size = 0  # the 100 is no part of the response
+def make_app(webhook: Webhook) -> web.Application:
+    """The HTTPS side (served with the ReloadingCertificate's SSLContext): `POST /validate`
+    only. The router answers anything else (404, or 405 naming POST), and `Expect:
+    100-continue` (curl sends it for big bodies)."""
+    # client_max_size makes request.read() refuse bodies over the limit with 413, also when
+    # they arrive chunked without a Content-Length.
+    app = web.Application(client_max_size=webhook.config.max_body_bytes)
+    app.router.add_post(VALIDATE_PATH, webhook.validate)
+    return app
 
 
 def make_metrics_app(webhook: Webhook) -> web.Application:

@@ -33,6 +33,7 @@ from changegate.files import snapshot_from_dir
 from changegate.kube import AsyncKube, approvals_path, object_path
 from changegate.webhook import metrics
 from changegate.webhook.compact import compact_approval
+from changegate.webhook.poll import poll
 from changegate.webhook.readthrough import ReadThrough
 
 if TYPE_CHECKING:  # not imported for serve --static, which watches nothing
@@ -385,9 +386,4 @@ class StaticSource:
         return True
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            try:
-                self.check()
-            except Exception:  # keep serving the last state whatever happens here
-                log.exception("static reload failed")
+        await poll(self.check, self.poll_seconds, log, "static reload")

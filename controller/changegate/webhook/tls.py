@@ -19,13 +19,13 @@ old and new); dropping a CA needs a restart (an SSLContext cannot forget one).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import tempfile
 from pathlib import Path
 
 from changegate.core.errors import ChangeGateError
+from changegate.webhook.poll import poll
 
 log = logging.getLogger("changegate.webhook.tls")
 
@@ -136,9 +136,4 @@ class ReloadingCertificate:
 
     async def run(self) -> None:
         """Poll forever (cancel to stop)."""
-        while True:
-            await asyncio.sleep(self.poll_seconds)
-            try:
-                self.check()
-            except Exception:  # never let a reload bug stop the poller (or serving)
-                log.exception("tls reload check failed")
+        await poll(self.check, self.poll_seconds, log, "tls reload check")
