@@ -6,6 +6,7 @@ The result is the same Snapshot type the cache fills from the API server.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ from changegate.core.trust import TrustStore, load_trust_store
 
 
 def read_text(path: str | Path) -> str:
+    """A file's text; "-" is standard input (`helm template ... | changegate request -f -`)."""
+    if str(path) == "-":
+        return sys.stdin.read()
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:

@@ -62,6 +62,7 @@ APPROVERS = ("bob", "carol")
 # SPEC §6a: dana (on call) is also a senior approver; the GitOps controller is automation.
 SENIORS = ("dana",)
 HPA_USER = "system:serviceaccount:kube-system:horizontal-pod-autoscaler"
+REQUESTERS = ("alice",)  # `role: requester` keys: they sign requests, never approve
 WEBHOOK_SA, OPERATOR_SA = "changegate-webhook", "changegate-operator"
 # The last line of every denial (SPEC §5).
 MACHINE_LINE = re.compile(
@@ -166,7 +167,10 @@ class Gate:
         return merged(ci_values()["default-values.yaml"], {
             "policy": {"clusterName": CLUSTER_NAME, "policyAdminGroups": [POLICY_ADMINS],
                        "breakGlassGroups": [BREAK_GLASS_GROUP],
-                       "automation": {"users": [GITOPS_USER]}},
+                       "automation": {"users": [GITOPS_USER]},
+                       # The GitOps controller also creates ChangeApprovals from files in
+                       # Git, which carry their requester's signature (SPEC §4).
+                       "trustedCreators": [GITOPS_USER]},
             "trustStore": {"approvers": approvers},
             "webhook": {"externalURL": f"https://127.0.0.1:{self.port}",
                         "caBundle": base64.b64encode(self.cluster.ca.pair.cert_pem()).decode()},
@@ -176,7 +180,7 @@ class Gate:
         """Each approver makes a key with `changegate keygen` and hands in the entry it
         prints; the trust store is those entries."""
         entries = []
-        for name in (*APPROVERS, *SENIORS):
+        for name in (*APPROVERS, *SENIORS, *REQUESTERS):
             path = self.work / f"{name}.key"
             proc = subprocess.run(
                 [sys.executable, "-m", "changegate", "keygen", "--name", name, "--out",
@@ -184,6 +188,8 @@ class Gate:
             printed = yaml.safe_load(proc.stdout)["approvers"]
             for entry in printed:
                 entry["senior"] = name in SENIORS  # what the administrator adds by hand
+                if name in REQUESTERS:
+                    entry["role"] = "requester"
             entries.extend(printed)
             self.keys[name] = path
         return entries
@@ -362,7 +368,8 @@ class Gate:
         proc = self.cluster.kubectl(user, *args, input=input, timeout=timeout)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def changegate(self, user: str, *args: str, timeout: float = 120) -> Result:
+    def changegate(self, user: str, *args: str, timeout: float = 120,
+                   input: str | None = None) -> Result:
         """The CLI as `user`, with that user's own kubeconfig (client certificate)."""
         env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG",
                                                                  "CHANGEGATE_KEY")}
@@ -372,7 +379,7 @@ class Gate:
         proc = subprocess.run(
             [sys.executable, "-m", "changegate", *args,
              "--kubeconfig", str(self.cluster.kubeconfigs[user])],
-            capture_output=True, text=True, timeout=timeout, check=False, env=env)
+            capture_output=True, text=True, timeout=timeout, check=False, env=env, input=input)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def approve(self, record: str, namespace: str, *approvers: str) -> None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import sys
 import textwrap
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import click
 
 from changegate.cli.workflow_approve import approve
-from changegate.cli.workflow_common import Session, kube_options
+from changegate.cli.workflow_common import Session, kube_options, load_signing_key
 from changegate.cli.workflow_view import list_, preflight, status
 from changegate.core.errors import ChangeGateError
 from changegate.core.policy import parse_duration
@@ -26,12 +27,14 @@ from changegate.workflow.approvals import (
     statement_of,
 )
 from changegate.workflow.request import (
+    approval_bodies,
     create_approvals,
     place,
     plan_changes,
     plan_prune,
     plan_restart,
     read_documents,
+    write_approval_files,
 )
 from changegate.workflow.show import table
 from changegate.workflow.site import load_trust
@@ -76,8 +79,10 @@ def write_options(func: Any) -> Any:
 
 
 @click.command()
-@click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True),
-              help="Manifests: files or directories (a Helm or kustomize render); repeatable.")
+@click.option("-f", "--filename", "files", multiple=True,
+              type=click.Path(exists=True, allow_dash=True),
+              help="Manifests: files or directories (a Helm or kustomize render), - for "
+                   "standard input; repeatable.")
 @click.option("--record", required=True, help="Change record id, e.g. CHG-1234.")
 @click.option("--url", help="Link to the change record.")
 @click.option("--expires", "lifetime", default="4h", show_default=True, callback=_duration,
@@ -95,17 +100,27 @@ def write_options(func: Any) -> Any:
 @click.option("--assisted", type=click.Choice(ASSISTANCE),
               help="Declare whether the change was written with AI assistance (signed; an ai "
                    "change needs a senior approver). Asked for when the policy requires it.")
+@click.option("--to-dir", "to_dir", type=click.Path(file_okay=False),
+              help="GitOps: write the ChangeApprovals as files here (signed with --key as "
+                   "requester) instead of creating them; a trusted creator creates them.")
+@click.option("--key", "key_path", envvar="CHANGEGATE_KEY", type=click.Path(dir_okay=False),
+              help="With --to-dir: your key (a `role: requester` or your approver key).")
 @kube_options
 def request(session: Session, files: tuple[str, ...], record: str, url: str | None,
             lifetime: int, canary: bool, canary_replicas: int, bake: int, server_side: bool,
             field_manager: str, force_conflicts: bool, as_returned: bool, prune: bool,
-            selector: str | None, restart_target: str | None, assisted: str | None) -> None:
+            selector: str | None, restart_target: str | None, assisted: str | None,
+            to_dir: str | None, key_path: str | None) -> None:
     """Request approval for the changes in FILES (or a restart), under one change record."""
     mode = mode_of(server_side, as_returned)
     if bool(files) == bool(restart_target):
         raise click.UsageError("give -f FILE... or --restart deployment/NAME (one of them)")
     if prune and not selector:
         raise click.UsageError("--prune needs -l/--selector, like kubectl apply --prune")
+    if to_dir and not key_path:
+        raise click.UsageError("--to-dir needs --key: a trusted creator may create the files "
+                               "only with the requester's signature")
+    key = load_signing_key(key_path) if to_dir and key_path else None
     api, site = session.api, session.site
     if lifetime > site.max_lifetime:
         raise ChangeGateError(f"--expires {timedelta(seconds=lifetime)} is over the cluster's "
@@ -135,9 +150,20 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
     if canary:
         rollout = {"strategy": "canary",
                    "canary": {"replicas": canary_replicas, "bakeSeconds": bake}}
-    created = create_approvals(api, site, plan, record=record, url=url, user=user, now=now,
-                               lifetime=timedelta(seconds=lifetime), rollout=rollout,
-                               mode=mode, field_manager=field_manager, assistance=assisted)
+    bodies = approval_bodies(site, plan, record=record, url=url, user=user, now=now,
+                             lifetime=timedelta(seconds=lifetime), rollout=rollout, mode=mode,
+                             field_manager=field_manager, assistance=assisted)
+    if to_dir and key is not None:
+        written = write_approval_files(bodies, Path(to_dir), key)
+        click.echo(f"wrote {len(written)} ChangeApproval file(s) requested by {user} under "
+                   f"{record}, signed as requester (nothing created in the cluster):")
+        for path, change in written:
+            click.echo(f"  {path}  {change.operation} {change.namespace}/{change.target}")
+        click.echo(f"next: {site.required} approvers other than {user} sign each file "
+                   "offline (changegate approve -f FILE --key <KEY>), then merge; the GitOps "
+                   "controller creates them before it syncs the objects")
+        return
+    created = create_approvals(api, bodies)
     expires = (now + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
     declared = f", assistance {assisted}" if assisted else ""
     click.echo(f"requested by {user} under {record} for cluster {site.cluster or chr(34) * 2}, "

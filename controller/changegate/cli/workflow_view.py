@@ -48,8 +48,10 @@ def _dump(value: Any, output: str) -> None:
 
 
 @click.command()
-@click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True),
-              help="Manifests to check (files or directories); repeatable.")
+@click.option("-f", "--filename", "files", multiple=True,
+              type=click.Path(exists=True, allow_dash=True),
+              help="Manifests to check (files or directories, - for standard input); "
+                   "repeatable.")
 @click.option("--record", help="Check every ChangeApproval of this change record instead.")
 @click.option("--server-side", is_flag=True, help="The tool writes by server-side apply.")
 @click.option("--field-manager", default="kubectl", show_default=True)

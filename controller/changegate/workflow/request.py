@@ -14,8 +14,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from changegate.core.compose import approval_name, change_approval, manifest_for
+import yaml
+
+from changegate.core.compose import (
+    approval_name,
+    change_approval,
+    manifest_for,
+    statement_bytes,
+)
 from changegate.core.digest import ABSENT, digest
+from changegate.core.dsse import PrivateKey, sign_envelope
 from changegate.core.errors import ChangeGateError
 from changegate.core.statement import PLURALS, format_time
 from changegate.files import load_documents
@@ -163,11 +171,12 @@ def _add(plan: Plan, api: Kube, site: Site, live: Mapping[str, Any] | None,
                                manifest_for(result) if result is not None else None))
 
 
-def create_approvals(api: Kube, site: Site, plan: Plan, *, record: str, url: str | None,
-                     user: str, now: datetime, lifetime: timedelta, rollout: dict[str, Any],
-                     mode: str, field_manager: str, assistance: str | None = None
-                     ) -> list[tuple[str, Change]]:
-    created: list[tuple[str, Change]] = []
+def approval_bodies(site: Site, plan: Plan, *, record: str, url: str | None, user: str,
+                    now: datetime, lifetime: timedelta, rollout: dict[str, Any], mode: str,
+                    field_manager: str, assistance: str | None = None
+                    ) -> list[tuple[dict[str, Any], Change]]:
+    """One unsigned ChangeApproval per change, as `request` creates it (or writes it out)."""
+    out: list[tuple[dict[str, Any], Change]] = []
     for change in plan.changes:
         this_rollout = rollout if change.kind == "Deployment" and change.operation != "DELETE" \
             else {"strategy": "direct"}
@@ -185,8 +194,32 @@ def create_approvals(api: Kube, site: Site, plan: Plan, *, record: str, url: str
         m["annotations"] = {WRITE_ANNOTATION: RESTART if mode == RESTART else mode}
         if mode == SERVER_SIDE:
             m["annotations"][MANAGER_ANNOTATION] = field_manager
-        created.append((_create(api, body), change))
-    return created
+        out.append((body, change))
+    return out
+
+
+def create_approvals(api: Kube, bodies: list[tuple[dict[str, Any], Change]]
+                     ) -> list[tuple[str, Change]]:
+    return [(_create(api, body), change) for body, change in bodies]
+
+
+def write_approval_files(bodies: list[tuple[dict[str, Any], Change]], directory: Path,
+                         key: PrivateKey) -> list[tuple[str, Change]]:
+    """GitOps: the ChangeApprovals as files (one per approval, `<namespace>.<name>.yaml`),
+    each signed by the requester, for approvers to sign offline (`approve -f`) and a trusted
+    creator to create from Git. Existing files are not overwritten: a signed file in Git is
+    replaced by a new request under a new record, never silently."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[str, Change]] = []
+    for body, change in bodies:
+        m = body["metadata"]
+        path = directory / f"{m['namespace']}.{m['name']}.yaml"
+        if path.exists():
+            raise ChangeGateError(f"{path} exists: request under a new record, or remove it")
+        body["spec"]["signatures"] = [sign_envelope(key, statement_bytes(body))]
+        path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+        out.append((str(path), change))
+    return out
 
 
 def _create(api: Kube, body: dict[str, Any]) -> str:
