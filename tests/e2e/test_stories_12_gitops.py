@@ -183,7 +183,7 @@ TAMPERING = {tamper_manifest: "manifest_mismatch", tamper_to_digest: "spec_state
 
 def test_a_changeapproval_file_edited_after_signing_is_refused_at_create(gate: Gate,
                                                                          tmp_path: Path):
-    mark, flags, _ = PATTERNS["argocd"]
+    mark = PATTERNS["argocd"][0]
     ns = gate.namespace("s12-tamper", *release(mark, "s12-tamper", "1.0.0", "2500"),
                         user=GITOPS)
     v2 = write_manifest(tmp_path / "v2.yaml", *release(mark, ns, "1.1.0", "250"))
