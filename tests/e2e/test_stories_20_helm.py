@@ -1,4 +1,4 @@
-"""Story 10: a release through the real Helm v4 (tests/cluster builds v4.3.1).
+"""Story 20: a release through the real Helm v4 (tests/cluster builds v4.3.1).
 
 Helm 4 writes each object by server-side apply as field manager "helm", so the requester
 renders the chart and dry-runs it the same way: `helm template ... | changegate request -f -

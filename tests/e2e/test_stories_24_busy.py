@@ -1,4 +1,4 @@
-"""Story 14: request and write apart in time, while the cluster keeps touching the object.
+"""Story 24: request and write apart in time, while the cluster keeps touching the object.
 
 Pods really run (kwok nodes), so the deployment controller and kwok write status and
 annotations all along; the HPA's identity scales the Deployment through deployments/scale
@@ -20,8 +20,8 @@ import yaml
 from changegate.core.digest import digest
 
 from .stories import HPA_USER, POLICY_ADMINS, Gate, configmap, deployment, wait_for, write_manifest
-from .test_stories_10_helm import CHART, helm, release_namespace
-from .test_stories_12_gitops import GITOPS, PATTERNS, request_to_git, sync
+from .test_stories_20_helm import CHART, helm, release_namespace
+from .test_stories_22_gitops import GITOPS, PATTERNS, request_to_git, sync
 
 pytest_plugins = ["tests.e2e.stories"]  # the `gate` fixture: one serve for every story
 

@@ -1,4 +1,4 @@
-"""Story 11: a kustomize release with a hashed ConfigMap. A config change renames the
+"""Story 21: a kustomize release with a hashed ConfigMap. A config change renames the
 ConfigMap (configMapGenerator appends a hash of its data), so one release is three changes:
 the new ConfigMap's CREATE, the Deployment's UPDATE that points at it, and the old
 ConfigMap's DELETE by `kubectl apply --prune`. One request, one review, one record; it
