@@ -68,7 +68,8 @@ def test_offline_approve_recognises_an_autoscaled_deployment_by_its_digest(cg, k
             target={"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout",
                     "uid": "u-1"}, operation="UPDATE", from_digest="sha256:" + "1" * 64,
             to_digest=to_digest, record_id="CHG-34", record_url=None, requested_by="alice",
-            issued_at=now, expires_at=now + timedelta(hours=4), manifest=manifest)
+            issued_at=now, expires_at=now + timedelta(hours=4), manifest=manifest,
+            nonce=f"00000000-0000-4000-8000-{len(name):012d}")
         path = tmp_path / f"{name}.yaml"
         path.write_text(_yaml.safe_dump(ca))
         return str(path)

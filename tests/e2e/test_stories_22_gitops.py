@@ -180,8 +180,8 @@ TAMPERING = {tamper_manifest: "manifest_mismatch", tamper_to_digest: "spec_state
              tamper_requester: "spec_statement_mismatch",
              tamper_record: "spec_statement_mismatch",
              drop_requester_signature: "requester_mismatch",
-             # The requester check comes first: alice's signature no longer verifies.
-             tamper_statement: "requester_mismatch"}
+             # At the door, a signature that does not verify over the bytes (SPEC §4 rule 1).
+             tamper_statement: "signature_invalid"}
 
 
 def test_a_changeapproval_file_edited_after_signing_is_refused_at_create(gate: Gate,
