@@ -48,6 +48,15 @@ def test_forbidden(kube, cg, manifests):
     assert not [k for k in kube.store if k[0] == "changeapprovals"]
 
 
+def test_hpas_that_cannot_be_read_stop_the_request_instead_of_a_wrong_digest(kube, cg,
+                                                                             manifests):
+    # Guessing "not autoscaled" would sign replicas the webhook leaves out of the digest.
+    kube.forbid("alice", f"/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers")
+    one_line(cg("alice", "request", "-f", str(manifests), "--record", "CHG-1"),
+             "cannot list HorizontalPodAutoscalers", "(403)")
+    assert not [k for k in kube.store if k[0] == "changeapprovals"]
+
+
 def test_not_found(cg):
     one_line(cg("bob", "status", "nope"), "ChangeApproval payments/nope not found")
     one_line(cg("bob", "apply", "nope"), "not found")

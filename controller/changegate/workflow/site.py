@@ -64,8 +64,14 @@ def _hpa_targets(api: Kube, namespace: str) -> frozenset[str]:
     try:
         found = api.call("GET", f"/apis/autoscaling/v2/namespaces/{namespace}/"
                          "horizontalpodautoscalers", ok_missing=True).body or {}
-    except ApiError:
-        return frozenset()  # not readable: the policy's list is all we know
+    except ApiError as exc:
+        # Guessing "not autoscaled" would sign a digest with replicas in it that the webhook
+        # (which reads HPAs) never computes: the approval would be refused as a mismatch
+        # with no hint why. Say what is missing instead.
+        raise ChangeGateError(
+            f"cannot list HorizontalPodAutoscalers in namespace {namespace} ({exc.status}): "
+            "an autoscaled Deployment's replicas stay out of its digest, so changegate must "
+            "read them (the chart's changegate-tier1-editor role grants it)") from exc
     return frozenset(
         str(ref.get("name")) for item in found.get("items") or []
         for ref in [((item.get("spec") or {}).get("scaleTargetRef") or {})]
