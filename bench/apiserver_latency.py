@@ -25,7 +25,7 @@ changegate within 1 ms p99 of allow-all), the machine's load average, and, from
 kube-apiserver's own STABLE histogram `apiserver_admission_webhook_admission_duration_seconds`
 (read as admin via /metrics, delta of _sum/_count and of the 5 ms / 25 ms buckets around
 each run), how long the API server spent calling the webhook per request.
-The e2e suite runs a short version (tests/e2e/test_stories_9_latency.py) through
+The e2e suite runs a short version (tests/e2e/test_stories_latency.py) through
 `measure()`.
 """
 
