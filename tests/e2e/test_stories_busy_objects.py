@@ -20,8 +20,8 @@ import yaml
 from changegate.core.digest import digest
 
 from .stories import HPA_USER, POLICY_ADMINS, Gate, configmap, deployment, wait_for, write_manifest
-from .test_stories_helm_release import CHART, helm, release_namespace
 from .test_stories_gitops import GITOPS, PATTERNS, request_to_git, sync
+from .test_stories_helm_release import CHART, helm, release_namespace
 
 pytest_plugins = ["tests.e2e.stories"]  # the `gate` fixture: one serve for every story
 

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from .stories import Gate, Result, configmap, deployment, write_manifest
-from .test_stories_helm_release import CHART, release_namespace, state
 from .test_stories_gitops import PATTERNS, SIGNERS
+from .test_stories_helm_release import CHART, release_namespace, state
 
 pytest_plugins = ["tests.e2e.stories"]  # the `gate` fixture: one serve for every story
 
