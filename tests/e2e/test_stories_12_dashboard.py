@@ -71,6 +71,13 @@ def prometheus(gate: Gate, tmp_path: Path) -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "prometheus not ready after 60 s"
             time.sleep(0.2)
+        # A first sample of both targets before the story: a rate or increase needs the
+        # counters' values from before it, or the story's requests are their baseline.
+        while {s["metric"]["job"] for s in _query(url, "up == 1")} != {
+                "changegate-webhook", "changegate-operator"}:
+            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "prometheus scraped no target within 60 s"
+            time.sleep(0.2)
         yield url
     finally:
         process.terminate()
