@@ -31,7 +31,11 @@ def test_every_pod_is_restricted(name):
         assert pod["runAsNonRoot"] is True, pod_name
         assert pod["runAsUser"] == 65532, pod_name
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, pod_name
-        assert not spec.get("hostNetwork") and not spec.get("hostPID"), pod_name
+        # hostNetwork only where asked for (webhook.hostNetwork), and only for the webhook.
+        host_network = CI_VALUES[name].get("webhook", {}).get("hostNetwork", False)
+        assert spec.get("hostNetwork", False) is (
+            host_network and pod_name == "changegate-webhook"), pod_name
+        assert not spec.get("hostPID"), pod_name
         for container in spec["containers"] + spec.get("initContainers", []):
             sc = container["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, pod_name
@@ -94,7 +98,7 @@ def test_webhook_command_follows_the_contract():
     assert container["args"] == [
         "serve", "--config=/etc/changegate/config.yaml",
         "--tls-cert=/etc/changegate/tls/tls.crt", "--tls-key=/etc/changegate/tls/tls.key",
-        "--port=8443", "--metrics-port=8080",
+        "--port=8443", "--metrics-port=8080", "--log-level=info",
     ]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/etc/changegate/config.yaml"]["subPath"] == "config.yaml"
@@ -109,7 +113,7 @@ def test_operator_is_one_standalone_replica_that_never_overlaps():
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["operator", "--config=/etc/changegate/config.yaml",
-                                 "--metrics-port=8080", "--standalone"]
+                                 "--metrics-port=8080", "--standalone", "--log-level=info"]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "changegate-operator"
     # No PDB: one replica with a PDB would block every node drain.
