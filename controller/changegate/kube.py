@@ -16,18 +16,45 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 
 def _kubeconfig_path(kubeconfig: str | None) -> str | None:
+    """One file (--kubeconfig, ~/.kube/config) or $KUBECONFIG's whole list: the `kubernetes`
+    loaders merge a list (KubeConfigMerger) the way kubectl does, skipping missing files and
+    keeping the first file's entry for each cluster, user and context name."""
     if kubeconfig:
         return kubeconfig
     env = os.environ.get("KUBECONFIG")
     if env:
-        return env.split(os.pathsep)[0]
+        return env
     default = Path.home() / ".kube" / "config"
     return str(default) if default.exists() else None
 
 
 def _must_exist(path: str | None) -> None:
-    if path is not None and not Path(path).exists():
+    if path is None:
+        return
+    files = [p for p in path.split(os.pathsep) if p]
+    if not any(Path(p).expanduser().exists() for p in files):
         raise ChangeGateError(f"kubeconfig {path}: no such file")
+
+
+def _active_context(path: str | None, context: str | None) -> str | None:
+    """--context, else kubectl's current-context: the FIRST file that sets one wins (the
+    `kubernetes` merger lets the last one win, so the CLI names the context itself)."""
+    if context or path is None:
+        return context
+    import yaml
+
+    for name in path.split(os.pathsep):
+        file = Path(name).expanduser()
+        if not name or not file.is_file():
+            continue
+        try:
+            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return None  # the loader reports what is wrong with the file
+        current = doc.get("current-context") if isinstance(doc, dict) else None
+        if current:
+            return str(current)
+    return None
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
@@ -46,6 +73,7 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
     except (ConfigException, OSError, ValueError):
         return "default"  # sync_client reports the real problem with the kubeconfig
     chosen = active
+    context = _active_context(path, context)
     if context:
         chosen = next((c for c in contexts if c.get("name") == context), active)
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
@@ -72,7 +100,8 @@ def sync_client(kubeconfig: str | None = None, context: str | None = None) -> An
             raise ChangeGateError("no kubeconfig: set KUBECONFIG or pass --kubeconfig")
         else:
             config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, context=context, client_configuration=configuration)
+                config_file=path, context=_active_context(path, context),
+                client_configuration=configuration)
     except ConfigException as exc:
         raise ChangeGateError(f"kubeconfig: {exc}") from exc
     except FileNotFoundError as exc:
@@ -96,7 +125,8 @@ async def async_client(kubeconfig: str | None = None, context: str | None = None
             raise ChangeGateError("no kubeconfig: set KUBECONFIG or run in a cluster")
         else:
             await config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=path, context=context, client_configuration=configuration)
+                config_file=path, context=_active_context(path, context),
+                client_configuration=configuration)
     except ConfigException as exc:
         raise ChangeGateError(f"kubeconfig: {exc}") from exc
     return client.ApiClient(configuration)

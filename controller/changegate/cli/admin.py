@@ -18,7 +18,10 @@ GATED_ENTRIES = ("deployments.changegate.io", "configmaps.changegate.io", "scale
 EMERGENCY_ANNOTATION = "changegate.io/emergency-off"
 
 kube_options = [
-    click.option("--kubeconfig", envvar="KUBECONFIG", help="Path to the kubeconfig file."),
+    # No envvar: changegate.kube reads $KUBECONFIG itself, a list of files merged as kubectl
+    # merges them; as an option's value it would be taken for one file name.
+    click.option("--kubeconfig", help="Path to the kubeconfig file (default: $KUBECONFIG, "
+                                      "~/.kube/config)."),
     click.option("--context", help="The kubeconfig context to use."),
 ]
 
@@ -67,10 +70,19 @@ def self_review(api: Any) -> dict[str, Any]:
 
 
 @click.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the SelfSubjectReview, as `kubectl auth whoami "
+                                      "-o json` prints it.")
 @with_kube
-def whoami(kubeconfig: str | None, context: str | None) -> None:
+def whoami(kubeconfig: str | None, context: str | None, output: str) -> None:
     """Print the username and groups the API server sees (for trust-store entries)."""
     who = self_review(sync_client(kubeconfig, context))
+    if output == "json":
+        user_info = {"username": who["username"], "uid": who["uid"], "groups": who["groups"]}
+        click.echo(json.dumps({"apiVersion": "authentication.k8s.io/v1",
+                               "kind": "SelfSubjectReview",
+                               "status": {"userInfo": user_info}}, indent=2))
+        return
     click.echo(f"username: {who['username']}")
     click.echo(f"groups:   {', '.join(who['groups'])}")
 

@@ -96,7 +96,7 @@ def _digests(site: Site, api: Api, obj: Mapping[str, Any] | None, namespace: str
     return digest(obj, site.rules, autoscaled=auto)
 
 
-def plan_changes(api: Api, site: Site, docs: list[dict[str, Any]], *, mode: str,
+def plan_changes(api: Api, site: Site, docs: Iterable[dict[str, Any]], *, mode: str,
                  field_manager: str, force: bool) -> Plan:
     plan = Plan()
     for doc in docs:
