@@ -10,33 +10,16 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 
 from tests.cluster import GoMissing, ensure_binaries
+from tests.packaging.conftest import ROOT, wheel_of
 
 pytestmark = pytest.mark.packaging
 
-ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "controller" / "changegate"
 SCRIPTS = ("changegate", "kubectl-changegate", "kubectl_complete-changegate")
-
-
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m build`: the sdist, then the wheel built from the sdist (so the sdist is
-    complete enough to build from)."""
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return out
-
-
-def wheel_of(dist: Path) -> Path:
-    [wheel] = dist.glob("changegate-*-py3-none-any.whl")
-    return wheel
 
 
 def data_files() -> list[str]:
@@ -57,7 +40,8 @@ def test_the_wheel_and_sdist_carry_license_types_and_data(dist):
     for script in SCRIPTS:
         assert f"{script} = " in entry_points
     [sdist] = dist.glob("changegate-*.tar.gz")
-    members = {m.split("/", 1)[1] for m in tarfile.open(sdist).getnames() if "/" in m}
+    with tarfile.open(sdist) as tar:
+        members = {m.split("/", 1)[1] for m in tar.getnames() if "/" in m}
     assert {"LICENSE", "README.md", "pyproject.toml"} <= members
     assert {f"controller/{f}" for f in data_files()} <= members
 
