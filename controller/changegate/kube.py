@@ -190,18 +190,41 @@ def _headers(content_type: str) -> dict[str, str]:
 # -- configuration --------------------------------------------------------------------------
 
 def kubeconfig_path(kubeconfig: str | None) -> str | None:
-    """The kubeconfig file kubectl would read first, or None (then in-cluster)."""
+    """One file (--kubeconfig, ~/.kube/config) or $KUBECONFIG's whole list, or None (then
+    in-cluster). The `kubernetes` loaders merge a list (KubeConfigMerger) the way kubectl
+    does, skipping missing files and keeping the first file's entry for each name."""
     if kubeconfig:
         return kubeconfig
     env = os.environ.get("KUBECONFIG")
     if env:
-        return env.split(os.pathsep)[0]
+        return env
     default = Path.home() / ".kube" / "config"
     return str(default) if default.exists() else None
 
 
 def _in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def _active_context(path: str | None, context: str | None) -> str | None:
+    """--context, else kubectl's current-context: the FIRST file that sets one wins (the
+    `kubernetes` merger lets the last one win, so changegate names the context itself)."""
+    if context or path is None:
+        return context
+    import yaml
+
+    for name in path.split(os.pathsep):
+        file = Path(name).expanduser()
+        if not name or not file.is_file():
+            continue
+        try:
+            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            return None  # the loader reports what is wrong with the file
+        current = doc.get("current-context") if isinstance(doc, dict) else None
+        if current:
+            return str(current)
+    return None
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
@@ -220,6 +243,7 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
     except (ConfigException, OSError, ValueError):
         return "default"  # connect() reports the real problem with the kubeconfig
     chosen = active
+    context = _active_context(path, context)
     if context:
         chosen = next((c for c in contexts if c.get("name") == context), active)
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
@@ -228,7 +252,8 @@ def default_namespace(kubeconfig: str | None = None, context: str | None = None)
 
 def _where(kubeconfig: str | None) -> str | None:
     path = kubeconfig_path(kubeconfig)
-    if path is not None and not Path(path).exists():
+    if path is not None and not any(Path(p).expanduser().exists()
+                                    for p in path.split(os.pathsep) if p):
         raise ChangeGateError(f"kubeconfig {path}: no such file")
     if path is None and not _in_cluster():
         raise ChangeGateError("no kubeconfig: set KUBECONFIG or pass --kubeconfig")
@@ -251,7 +276,7 @@ def _configure(config: Any, configuration: Any, path: str | None, context: str |
     module of `kubernetes` or `kubernetes.aio` (whose kubeconfig loader is a coroutine)."""
     if path is None:
         return config.load_incluster_config(client_configuration=configuration)
-    return config.load_kube_config(config_file=path, context=context,
+    return config.load_kube_config(config_file=path, context=_active_context(path, context),
                                    client_configuration=configuration)
 
 
@@ -416,8 +441,9 @@ class AsyncKube:
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None) -> Kube:
-    return Kube(sync_client(kubeconfig, context), kubeconfig=kubeconfig_path(kubeconfig),
-                context=context)
+    # kubectl is given only what the user named: it reads $KUBECONFIG (a list) and picks the
+    # current context itself, exactly as a bare kubectl would.
+    return Kube(sync_client(kubeconfig, context), kubeconfig=kubeconfig, context=context)
 
 
 async def connect_async(kubeconfig: str | None = None, context: str | None = None

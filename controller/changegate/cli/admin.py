@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +27,10 @@ GATED_ENTRIES = ("deployments.changegate.io", "configmaps.changegate.io", "scale
 EMERGENCY_ANNOTATION = "changegate.io/emergency-off"
 
 kube_options = [
-    click.option("--kubeconfig", envvar="KUBECONFIG", help="Path to the kubeconfig file."),
+    # No envvar: changegate.kube reads $KUBECONFIG itself, a list of files merged as kubectl
+    # merges them; as an option's value it would be taken for one file name.
+    click.option("--kubeconfig", help="Path to the kubeconfig file (default: $KUBECONFIG, "
+                                      "~/.kube/config)."),
     click.option("--context", help="The kubeconfig context to use."),
 ]
 
@@ -50,12 +54,18 @@ def _vwc_path(name: str) -> str:
 
 
 @click.command()
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the SelfSubjectReview, as `kubectl auth whoami "
+                                      "-o json` prints it.")
 @with_kube
-def whoami(kubeconfig: str | None, context: str | None) -> None:
+def whoami(kubeconfig: str | None, context: str | None, output: str) -> None:
     """Print the username and groups the API server sees (for trust-store entries)."""
     review = _call(connect(kubeconfig, context), "POST",
                    "/apis/authentication.k8s.io/v1/selfsubjectreviews",
                    body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    if output == "json":  # the API server's own answer, as `kubectl auth whoami -o json`
+        click.echo(json.dumps(review, indent=2))
+        return
     who = (review.get("status") or {}).get("userInfo") or {}
     click.echo(f"username: {who.get('username', '')}")
     click.echo(f"groups:   {', '.join(who.get('groups') or [])}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from changegate.core.approval import verify_approval
+from changegate.core.approval import VerifiedApproval, verify_approval
 from changegate.core.decision import Context, decide
 from changegate.core.errors import ChangeGateError
 from changegate.core.review import build_response, parse_review
@@ -56,7 +56,8 @@ class _Exit2(click.UsageError):
 @click.option("--ledger", "ledger_path", type=click.Path(dir_okay=False),
               help="Ledger ConfigMaps (one, or a List).")
 @click.option("--now", "now_text", help="Decide at this RFC 3339 UTC time (default: now).")
-@click.option("--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
 def check(review_path: str, trust_path: str, approval_paths: tuple[str, ...],
           policy_path: str | None, namespace_path: str | None, ledger_path: str | None,
           now_text: str | None, output: str) -> None:
@@ -97,7 +98,9 @@ def check(review_path: str, trust_path: str, approval_paths: tuple[str, ...],
 @click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False),
               help="ChangeApproval file (YAML or JSON).")
 @click.option("--trust", "trust_path", required=True, type=click.Path(dir_okay=False))
-def verify(path: str, trust_path: str) -> None:
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def verify(path: str, trust_path: str, output: str) -> None:
     """Explain each signature of a ChangeApproval against a trust store. Exit 1 if any fails."""
     try:
         trust = load_trust_store(read_text(trust_path))
@@ -107,9 +110,14 @@ def verify(path: str, trust_path: str) -> None:
     if not docs:
         raise _Exit2(f"{path}: no ChangeApproval in the file")
     failed = False
+    results: list[dict[str, Any]] = []
     for doc in docs:
         obj = ApprovalObject.from_object(doc)
         verified = verify_approval(obj.namespace, obj.spec, trust, allow_service_accounts=False)
+        failed = failed or bool(verified.problems) or verified.statement is None
+        if output == "json":
+            results.append(verification_json(obj, verified))
+            continue
         click.echo(f"{obj.namespace}/{obj.name}:")
         for index, result in enumerate(verified.signature_results):
             click.echo(f"  signatures[{index}]: {result}")
@@ -122,5 +130,22 @@ def verify(path: str, trust_path: str) -> None:
         click.echo(f"  approvers: {', '.join(sorted(verified.approvers)) or '(none)'}")
         for problem in verified.problems:
             click.echo(f"  problem: {problem.code}: {problem.detail}")
-        failed = failed or bool(verified.problems) or verified.statement is None
+    if output == "json":
+        click.echo(json.dumps({"verified": not failed, "approvals": results}, indent=2))
     raise SystemExit(1 if failed else 0)
+
+
+def verification_json(obj: ApprovalObject, verified: VerifiedApproval) -> dict[str, Any]:
+    statement: dict[str, Any] | None = None
+    if verified.statement is not None:
+        p = verified.statement.predicate
+        statement = {"operation": p.operation,
+                     "target": {"kind": p.target.kind, "namespace": p.target.namespace,
+                                "name": p.target.name},
+                     "fromDigest": p.fromDigest, "toDigest": p.toDigest,
+                     "changeRecord": p.changeRecord.id, "requestedBy": p.requestedBy,
+                     "expiresAt": p.expiresAt}
+    return {"namespace": obj.namespace, "name": obj.name,
+            "signatures": list(verified.signature_results),
+            "statement": statement, "approvers": sorted(verified.approvers),
+            "problems": [{"code": x.code, "detail": x.detail} for x in verified.problems]}

@@ -5,8 +5,11 @@ command; these do the rest.
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
+import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,10 +18,14 @@ import click
 
 from changegate.cli.workflow_approve import approve
 from changegate.cli.workflow_common import Session, kube_options, load_signing_key
-from changegate.cli.workflow_view import list_, preflight, status
+from changegate.cli.workflow_view import list_, preflight, progress, status
 from changegate.core.errors import ChangeGateError
 from changegate.core.policy import parse_duration
+from changegate.core.statement import Statement
 from changegate.workflow.approvals import (
+    TERMINAL,
+    Live,
+    Standing,
     check_produces,
     get_approval,
     live_state,
@@ -27,6 +34,7 @@ from changegate.workflow.approvals import (
     statement_of,
 )
 from changegate.workflow.request import (
+    Change,
     approval_bodies,
     create_approvals,
     place,
@@ -105,12 +113,14 @@ def write_options(func: Any) -> Any:
                    "requester) instead of creating them; a trusted creator creates them.")
 @click.option("--key", "key_path", envvar="CHANGEGATE_KEY", type=click.Path(dir_okay=False),
               help="With --to-dir: your key (a `role: requester` or your approver key).")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: the approvals created, for scripts.")
 @kube_options
 def request(session: Session, files: tuple[str, ...], record: str, url: str | None,
             lifetime: int, canary: bool, canary_replicas: int, bake: int, server_side: bool,
             field_manager: str, force_conflicts: bool, as_returned: bool, prune: bool,
             selector: str | None, restart_target: str | None, assisted: str | None,
-            to_dir: str | None, key_path: str | None) -> None:
+            to_dir: str | None, key_path: str | None, output: str) -> None:
     """Request approval for the changes in FILES (or a restart), under one change record."""
     mode = mode_of(server_side, as_returned)
     if bool(files) == bool(restart_target):
@@ -134,17 +144,21 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
         docs = read_documents(files)
         for doc in docs:
             place(doc, session.namespace, session.explicit_namespace)
-        plan = plan_changes(api, site, docs, mode=mode, field_manager=field_manager,
-                            force=force_conflicts)
+        plan = plan_changes(api, site, progress(docs, "dry-running"), mode=mode,
+                            field_manager=field_manager, force=force_conflicts)
         if prune and selector:
             namespaces = {str(d["metadata"]["namespace"]) for d in docs} or {session.namespace}
             plan_prune(api, site, plan, docs, namespaces, selector)
+    as_json = output == "json"
     for label in plan.not_gated:
-        click.echo(f"not gated: {label}")
+        click.echo(f"not gated: {label}", err=as_json)
     for label in plan.unchanged:
-        click.echo(f"unchanged: {label}")
+        click.echo(f"unchanged: {label}", err=as_json)
     if not plan.changes:
-        click.echo("nothing to request: no gated object changes")
+        click.echo("nothing to request: no gated object changes", err=as_json)
+        if as_json:
+            click.echo(json.dumps(_request_json(record, user, site.cluster, None, assisted,
+                                                plan.not_gated, plan.unchanged, []), indent=2))
         return
     rollout: dict[str, Any] = {"strategy": "direct"}
     if canary:
@@ -165,6 +179,11 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
         return
     created = create_approvals(api, bodies)
     expires = (now + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if as_json:
+        click.echo(json.dumps(_request_json(record, user, site.cluster, expires, assisted,
+                                            plan.not_gated, plan.unchanged, created),
+                              indent=2))
+        return
     declared = f", assistance {assisted}" if assisted else ""
     click.echo(f"requested by {user} under {record} for cluster {site.cluster or chr(34) * 2}, "
                f"valid until {expires}{declared}:")
@@ -180,6 +199,18 @@ def request(session: Session, files: tuple[str, ...], record: str, url: str | No
         f"changegate apply {n} -n {c.namespace}" for n, c in created[:3])
         + (" ..." if len(created) > 3 else "")
         + (" (or your usual kubectl apply / helm upgrade)" if mode != RESTART else ""))
+
+
+def _request_json(record: str, user: str, cluster: str, expires: str | None,
+                  assisted: str | None, not_gated: list[str], unchanged: list[str],
+                  created: list[tuple[str, Change]]) -> dict[str, Any]:
+    return {"record": record, "requestedBy": user, "cluster": cluster, "expiresAt": expires,
+            "assistance": assisted, "notGated": not_gated, "unchanged": unchanged,
+            "approvals": [{"name": name, "namespace": c.namespace, "operation": c.operation,
+                           "target": {"apiVersion": c.api_version, "kind": c.kind,
+                                      "namespace": c.namespace, "name": c.name},
+                           "fromDigest": c.from_digest, "toDigest": c.to_digest}
+                          for name, c in created]}
 
 
 def interactive() -> bool:
@@ -204,27 +235,37 @@ def ask_assistance(required: bool) -> str | None:
 @click.argument("name")
 @click.option("--dry-run", "dry_run_only", is_flag=True,
               help="Check everything and dry-run the write, but do not write.")
+@click.option("--wait", is_flag=True,
+              help="If it is not ready yet (approvals missing, or the webhook has not yet "
+                   "seen the last signature), wait until it is, then apply. Problems that "
+                   "waiting cannot fix (expired, the live object changed) fail at once.")
+@click.option("--timeout", default="30s", show_default=True, callback=_duration,
+              help="With --wait: give up after this long (like kubectl wait), e.g. 10m.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="With --wait: seconds between checks.")
 @kube_options
-def apply_(session: Session, name: str, dry_run_only: bool) -> None:
+def apply_(session: Session, name: str, dry_run_only: bool, wait: bool, timeout: int,
+           interval: float) -> None:
     """Apply an approved ChangeApproval's manifest exactly as signed."""
-    api, site, ns = session.api, session.site, session.namespace
-    obj = get_approval(api, ns, name)
-    st = statement_of(obj)
+    api, ns = session.api, session.namespace
+    deadline = time.monotonic() + timeout
+    said = ""
+    while True:
+        ready = _readiness(session, name)
+        if ready.blocked is None:
+            break
+        if not wait or ready.final:
+            raise ChangeGateError(ready.blocked)
+        if time.monotonic() >= deadline:
+            raise ChangeGateError(f"timed out after {timedelta(seconds=timeout)} waiting: "
+                                  f"{ready.blocked}")
+        if ready.blocked != said:  # each new reason once, not every poll
+            click.echo(f"waiting: {ready.blocked}", err=True)
+            said = ready.blocked
+        time.sleep(interval)
+    obj, st, state, live = ready.obj, ready.statement, ready.state, ready.live
+    assert live is not None  # read whenever nothing blocks
     p = st.predicate
-    user, now = api.whoami()
-    trust, why = load_trust(api, session.controller_namespace)
-    state = standing(api, site, obj, st, trust, now, applier=user)
-    if state.missing:
-        source = "" if trust is not None else f" (trust store: {why}; judged by status)"
-        raise ChangeGateError(f"{name} is not ready to apply{source}: "
-                              + "; ".join(state.missing))
-    live = live_state(api, site, st)
-    problems, warnings = check_produces(api, site, obj, st, live)
-    if problems:
-        raise ChangeGateError(f"{name} cannot be applied: " + "; ".join(problems))
-    denied = denials(warnings)
-    if denied:
-        raise ChangeGateError(f"the webhook would refuse {name}: " + " | ".join(denied))
     target = f"{p.target.kind.lower()} {ns}/{p.target.name}"
     if dry_run_only:
         click.echo(f"{target}: dry-run ok, would produce {p.toDigest} (nothing written)")
@@ -237,6 +278,45 @@ def apply_(session: Session, name: str, dry_run_only: bool) -> None:
             "delete": "deleted", "apply": "serverside-applied"}[write.verb]
     click.echo(f"{target} {past} ({p.operation} {p.fromDigest[:19]} -> {p.toDigest[:19]}) "
                f"under {p.changeRecord.id}, approved by {', '.join(state.approvers) or '?'}")
+
+
+@dataclass
+class Readiness:
+    obj: dict[str, Any]
+    statement: Statement
+    state: Standing
+    live: Live | None = None
+    blocked: str | None = None  # why it cannot be applied now; None: ready
+    final: bool = False  # waiting cannot change that
+
+
+def _readiness(session: Session, name: str) -> Readiness:
+    """Everything `apply` checks before it writes, read afresh."""
+    api, site, ns = session.api, session.site, session.namespace
+    obj = get_approval(api, ns, name)
+    st = statement_of(obj)
+    user, now = api.whoami()
+    trust, why = load_trust(api, session.controller_namespace)
+    state = standing(api, site, obj, st, trust, now, applier=user)
+    ready = Readiness(obj, st, state)
+    if state.missing:
+        source = "" if trust is not None else f" (trust store: {why}; judged by status)"
+        ready.blocked = f"{name} is not ready to apply{source}: " + "; ".join(state.missing)
+        # Signatures still to come can arrive; a deadline, a used approval or the applier's
+        # own signature cannot change.
+        ready.final = (now >= st.expires_at or user in state.approvers
+                       or (obj.get("status") or {}).get("phase") in TERMINAL)
+        return ready
+    ready.live = live_state(api, site, st)
+    problems, warnings = check_produces(api, site, obj, st, ready.live)
+    if problems:
+        ready.blocked, ready.final = f"{name} cannot be applied: " + "; ".join(problems), True
+        return ready
+    denied = denials(warnings)
+    if denied:
+        # Often the webhook's watch has not yet seen the last signature: waiting helps.
+        ready.blocked = f"the webhook would refuse {name}: " + " | ".join(denied)
+    return ready
 
 
 _ = (request, approve, apply_, preflight, list_, status)

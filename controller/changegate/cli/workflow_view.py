@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -38,6 +40,8 @@ from changegate.workflow.writes import (
 )
 
 OUTPUT = click.Choice(["table", "json", "yaml"])
+PROGRESS_MIN = 5  # objects: below this the answer comes before a bar would help
+T = TypeVar("T")
 
 
 def _dump(value: Any, output: str) -> None:
@@ -56,28 +60,48 @@ def _dump(value: Any, output: str) -> None:
 @click.option("--server-side", is_flag=True, help="The tool writes by server-side apply.")
 @click.option("--field-manager", default="kubectl", show_default=True)
 @click.option("--force-conflicts", is_flag=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
 @kube_options
 def preflight(session: Session, files: tuple[str, ...], record: str | None, server_side: bool,
-              field_manager: str, force_conflicts: bool) -> None:
+              field_manager: str, force_conflicts: bool, output: str) -> None:
     """Exit 1 unless every gated change would be admitted now (server-side dry-runs)."""
     if bool(files) == bool(record):
         raise click.UsageError("give -f FILE... or --record ID")
     verdicts = (_preflight_files(session, files, SERVER_SIDE if server_side else CLIENT_SIDE,
                                  field_manager, force_conflicts)
                 if files else _preflight_record(session, str(record)))
-    rows = [[v, target, why] for v, target, why in verdicts]
-    click.echo(table(["VERDICT", "TARGET", "DETAIL"], rows), nl=False)
     denied = sum(1 for v, _, _ in verdicts if v == "DENY")
-    click.echo(f"{len(verdicts) - denied} admitted, {denied} denied")
+    if output == "json":
+        click.echo(json.dumps({
+            "admitted": len(verdicts) - denied, "denied": denied,
+            "results": [{"verdict": v, "target": target, "detail": why}
+                        for v, target, why in verdicts]}, indent=2))
+    else:
+        rows = [[v, target, why] for v, target, why in verdicts]
+        click.echo(table(["VERDICT", "TARGET", "DETAIL"], rows), nl=False)
+        click.echo(f"{len(verdicts) - denied} admitted, {denied} denied")
     if denied:
         raise SystemExit(1)
+
+
+def progress(items: list[T], label: str) -> Iterator[T]:
+    """The items, with a progress bar on stderr when it is a terminal and there are enough
+    of them to wait for (a Helm render's hundred objects are a hundred dry-runs); nothing
+    otherwise, so pipes and CI logs stay clean."""
+    stream = click.get_text_stream("stderr")
+    if len(items) < PROGRESS_MIN or not stream.isatty():
+        yield from items
+        return
+    with click.progressbar(items, label=label, file=stream) as bar:
+        yield from bar
 
 
 def _preflight_files(session: Session, files: tuple[str, ...], mode: str, manager: str,
                      force: bool) -> list[tuple[str, str, str]]:
     api, site = session.api, session.site
     out: list[tuple[str, str, str]] = []
-    for doc in read_documents(files):
+    for doc in progress(read_documents(files), "dry-running"):
         place(doc, session.namespace, session.explicit_namespace)
         api_version, kind, ns, name = identity(doc)
         if (api_version, kind) not in PLURALS:
@@ -109,7 +133,7 @@ def _preflight_record(session: Session, record: str) -> list[tuple[str, str, str
     items = list_approvals(api, session.namespace, record)
     if not items:
         raise ChangeGateError(f"no ChangeApproval of record {record} in {session.namespace}")
-    for obj in items:
+    for obj in progress(items, "checking"):
         st = statement_of(obj)
         t = st.predicate.target
         target = f"{t.kind.lower()}/{t.name} ({meta(obj).get('name')})"
@@ -189,17 +213,46 @@ def list_(session: Session, all_namespaces: bool, pending: bool, record: str | N
 @click.command()
 @click.argument("name")
 @click.option("-o", "--output", type=OUTPUT, default="table", show_default=True)
+@click.option("-w", "--watch", is_flag=True,
+              help="Print again whenever it changes, until it reaches a final phase "
+                   "(Applied, Expired, ...) or Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="With --watch: seconds between reads.")
 @kube_options
-def status(session: Session, name: str, output: str) -> None:
+def status(session: Session, name: str, output: str, watch: bool, interval: float) -> None:
     """Explain what a ChangeApproval still needs before its change can go."""
+    if not watch:
+        text, _ = _status(session, name, output)
+        click.echo(text, nl=False)
+        return
+    # Polling, not a watch: the answer also depends on the live object, the trust store and
+    # the API server's clock (expiry), which no single watch covers.
+    last = None
+    while True:
+        text, final = _status(session, name, output)
+        if text != last:
+            if last is not None and output == "table":
+                click.echo("---")
+            click.echo(text, nl=False)
+            last = text
+        if final:
+            return
+        time.sleep(interval)
+
+
+def _status(session: Session, name: str, output: str) -> tuple[str, bool]:
+    """What `status` prints, and whether the approval is in a final phase."""
     api, site = session.api, session.site
     obj = get_approval(api, session.namespace, name)
-    if output != "table":
-        _dump(obj, output)
-        return
+    _, now = api.whoami()
+    phase = _phase(obj, now)
+    final = phase in TERMINAL | {"Expired"}
+    if output == "json":
+        return json.dumps(obj, indent=2) + "\n", final
+    if output == "yaml":
+        return yaml.safe_dump(obj, sort_keys=False), final
     st = statement_of(obj)
     p = st.predicate
-    _, now = api.whoami()
     trust, why = load_trust(api, session.controller_namespace)
     state = standing(api, site, obj, st, trust, now)
     live = live_state(api, site, st)
@@ -211,7 +264,7 @@ def status(session: Session, name: str, output: str) -> None:
         f"Requested by:  {p.requestedBy} at {p.issuedAt}",
         f"Assistance:    {assistance_label(st)}",
         f"Expires:       {p.expiresAt} ({expires(p.expiresAt, now)})",
-        f"Phase:         {_phase(obj, now)}",
+        f"Phase:         {phase}",
         f"Approvals:     {len(state.approvers)}/{state.required} "
         f"({', '.join(state.approvers) or 'none'}; "
         + ("verified with the trust store)" if state.verified else f"per status: {why})"),
@@ -220,17 +273,16 @@ def status(session: Session, name: str, output: str) -> None:
         f"To:            {p.toDigest}",
         f"Live:          {live.digest}",
     ]
-    click.echo("\n".join(lines))
     missing = list(state.missing) + live.problems
     if live.problems and live.digest == p.toDigest:
         missing = ["the live object is already at toDigest: applied"]
     if missing:
-        click.echo("Missing before it can go:")
-        for item in missing:
-            click.echo(f"  - {item}")
+        lines.append("Missing before it can go:")
+        lines.extend(f"  - {item}" for item in missing)
     else:
-        click.echo(f"Ready: run `changegate apply {name} -n {session.namespace}` "
-                   "(as someone who did not approve it)")
+        lines.append(f"Ready: run `changegate apply {name} -n {session.namespace}` "
+                     "(as someone who did not approve it)")
+    return "\n".join(lines) + "\n", final
 
 
-__all__ = ["list_", "preflight", "status"]
+__all__ = ["list_", "preflight", "progress", "status"]

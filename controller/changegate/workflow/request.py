@@ -104,7 +104,7 @@ def _digests(site: Site, api: Kube, obj: Mapping[str, Any] | None, namespace: st
     return digest(obj, site.rules, autoscaled=auto)
 
 
-def plan_changes(api: Kube, site: Site, docs: list[dict[str, Any]], *, mode: str,
+def plan_changes(api: Kube, site: Site, docs: Iterable[dict[str, Any]], *, mode: str,
                  field_manager: str, force: bool) -> Plan:
     plan = Plan()
     for doc in docs:
