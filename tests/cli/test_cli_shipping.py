@@ -4,6 +4,7 @@ status --watch and progress on a terminal."""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -183,7 +184,9 @@ def test_kubeconfig_list_is_merged_like_kubectl(kube, tmp_path, kubectl_bin):
         "users": [{"name": "bob", "user": {"token": "bob"}}]}))
     second.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "carol@fake",
-        "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+        "clusters": [{"name": "fake", "cluster": {
+            "server": kube.url,
+            "certificate-authority-data": base64.b64encode(kube.ca.cert_pem.bytes()).decode()}}],
         "contexts": [{"name": "carol@fake", "context": {"cluster": "fake", "user": "carol"}}],
         # the same user name again: the first file's token is the one used
         "users": [{"name": "bob", "user": {"token": "mallory"}},
