@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from changegate.core import guards
+from changegate.core import canary, guards
 from changegate.core.approval import (
     Change,
     Fit,
@@ -188,9 +188,11 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
                                 "is needed")
     if scale_down:
         return verdict.set_deny(ReasonCode.SCALE_DOWN, guards.SCALE_DOWN_HELP)
-    if kind == "Deployment" and settings.mode == "canary" and (
-            req.username != snap.process.operator_service_account):
-        return verdict.set_deny(ReasonCode.CANARY_REQUIRED, guards.CANARY_HELP)
+    if kind == "Deployment" and settings.mode == "canary":
+        if canary.base_name(req.name) is not None:
+            return _canary_object(req, snap, now, ctx, verdict, policy, settings)
+        if req.username != snap.process.operator_service_account:
+            return verdict.set_deny(ReasonCode.CANARY_REQUIRED, CANARY_PATH)
     if req.object is not None:
         tags = guards.tag_only_images(req.object)
         if tags and policy.requireImageDigests:
@@ -213,6 +215,10 @@ def _gated(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
             "Too many signed ChangeApprovals name this object or its change record: "
             "delete the stale ones"))
     verdict.signature_results = search.results()
+    if winner is not None and kind == "Deployment" and settings.mode == "canary":
+        held = _promotion_held(winner, snap, req.namespace)
+        if held:
+            return verdict.set_deny(ReasonCode.CANARY_REQUIRED, held)
     if winner is not None:
         verdict.approval, verdict.approvers = winner.approval, winner.approvers
         verdict.record, verdict.nonce = winner.record, winner.nonce
@@ -390,3 +396,100 @@ def _add_senior_rules(result: Fit, verified: VerifiedApproval, applier: str,
                             groups=groups)
     if senior is not None:
         result.problems.append(senior)
+
+
+# --- the canary gate (SPEC §7) ---------------------------------------------------------
+
+CANARY_PATH = (guards.CANARY_HELP + ": request the change with a canary (changegate request "
+               "--canary); once canaryMinApprovals approvers signed, the operator runs "
+               "<name>-canary at the proposed template, and promotes it when the canary stayed "
+               "healthy for its bake and every approval is in")
+HELD, OK, NONE = ReasonCode.CANARY_REQUIRED, ReasonCode.APPROVED, ReasonCode.NO_APPROVAL
+GC_USERS = frozenset({"system:serviceaccount:kube-system:generic-garbage-collector",
+                      "system:kube-controller-manager"})
+
+
+def _promotion_held(winner: Fit, snap: Snapshot, namespace: str) -> str:
+    """In a canary namespace the operator's own write is admitted only as the promotion of
+    a canary that passed. ``Promoted`` is status, which only the operator writes: here it
+    can only hold a change back, never admit one (the approval check above still rules)."""
+    obj = next((o for o in snap.approvals_in(namespace) if o.name == winner.approval), None)
+    strategy = (obj.spec.get("rollout") or {}).get("strategy") if obj else None
+    if strategy != "canary":
+        return (f"approval {winner.approval} has no canary rollout; " + CANARY_PATH)
+    if obj is None or obj.phase != canary.PROMOTED:
+        return (f"approval {winner.approval}'s canary has not passed (phase "
+                f"{obj.phase if obj else '?'}, not Promoted)")
+    return ""
+
+
+def _canary_object(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Context,
+                   verdict: Verdict, policy: Policy, settings: NamespaceSettings) -> Verdict:
+    """``<name>-canary`` in a canary namespace: created and deleted only by the operator,
+    only for the ChangeApproval that owns it (ownerReference uid, never a label), and
+    created only exactly as that approval's manifest asks."""
+    name = f"Deployment {req.namespace}/{req.name}"
+    operator = snap.process.operator_service_account
+    if req.operation == "DELETE":
+        owner = canary.owner_uid(req.old_object)
+        if owner is None:
+            return verdict.set_deny(HELD, f"{name} is not a canary that a "
+                                    "ChangeApproval owns; names ending in -canary are "
+                                    "reserved for canaries in a canary namespace")
+        if req.username == operator:
+            return verdict.set_allow(OK, f"the operator deletes the canary {name}")
+        alive = any(o.uid == owner for o in snap.approvals_in(req.namespace))
+        if req.username in GC_USERS and not alive:
+            return verdict.set_allow(OK, f"its ChangeApproval is gone: {name} goes too")
+        return verdict.set_deny(HELD, f"only the changegate operator deletes the "
+                                f"canary {name}; to stop it: changegate canary abort <approval>")
+    if req.operation != "CREATE" or req.username != operator:
+        return verdict.set_deny(HELD, f"only the changegate operator creates a "
+                                f"canary, and nobody changes one in place ({name}); "
+                                + CANARY_PATH)
+    base = canary.base_name(req.name) or ""
+    owner = canary.owner_uid(req.object)
+    obj = next((o for o in snap.approvals_in(req.namespace)
+                if o.uid == owner and o.target_key == ("Deployment", base)), None)
+    if obj is None:
+        return verdict.set_deny(NONE, f"{name} is not owned by a ChangeApproval for "
+                                               f"Deployment {base}")
+    search = _Search(snap=snap, policy=policy, settings=settings, now=now, ctx=ctx,
+                     budget=Budget(ctx.max_verifications), groups=req.groups)
+    try:
+        verified = search._verify(obj)
+    except BudgetExhausted:
+        return verdict.set_deny(ReasonCode.DEADLINE_EXCEEDED, "verifying the canary's "
+                                "approval would pass the webhook's deadline")
+    st = verified.statement or verified.unverified  # fit() below requires the signatures
+    if st is None or st.predicate.rollout.strategy != "canary":
+        return verdict.set_deny(HELD, f"approval {obj.name} is not a verified "
+                                                   "canary rollout")
+    p = st.predicate
+    change = Change(api_version=p.target.apiVersion, kind="Deployment", namespace=req.namespace,
+                    name=base, uid=p.target.uid, operation="UPDATE", from_digest=p.fromDigest,
+                    to_digest=p.toDigest, applier=req.username)
+    result = fit(verified, change, cluster=policy.clusterName, now=now,
+                 max_lifetime=policy.maxApprovalLifetime,
+                 record_pattern=policy.changeRecordPattern,
+                 required=policy.canaryMinApprovals, used=snap.ledger, phase=obj.phase,
+                 name=obj.name)
+    autoscaled = snap.is_autoscaled(req.namespace, base)
+    if result.ok and search._manifest_digest(obj, autoscaled) != p.toDigest:
+        result.problems.append(Problem(ReasonCode.MANIFEST_MISMATCH,
+                                       f"approval {obj.name}'s manifest is not what it signed"))
+    verdict.approval, verdict.record, verdict.approvals = obj.name, result.record, len(
+        result.approvers)
+    if not result.ok:
+        first = result.problems[0]
+        return verdict.set_deny(ReasonCode(first.code), f"no canary yet: {first.detail}")
+    manifest = obj.spec.get("manifest")
+    expected = canary.build_canary(manifest if isinstance(manifest, dict) else {}, obj.name,
+                                   obj.uid, canary.replicas_for(st, policy))
+    wrong = canary.same_canary(req.object or {}, expected)
+    if wrong:
+        return verdict.set_deny(HELD, f"{name} differs from what approval "
+                                f"{obj.name} asks for: {', '.join(wrong)}")
+    verdict.approvers = result.approvers
+    return verdict.set_allow(OK, f"canary for approval {obj.name}, approved so far by "
+                                         f"{', '.join(sorted(result.approvers))}")
