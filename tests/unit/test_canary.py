@@ -68,6 +68,10 @@ def test_own_canary_left_by_a_crash_before_the_status_write_is_taken_up() -> Non
     assert (s.action, s.phase) == ("create", "CanaryRunning")
 
 
+def test_an_approval_being_deleted_starts_nothing() -> None:
+    assert c.step(facts(deleted=True)).action == "none"
+
+
 def test_abort_before_start_fails_the_run() -> None:
     s = c.step(facts(aborted="not today"))
     assert (s.action, s.phase, s.reason, s.result) == ("fail", "CanaryFailed", "Aborted",
@@ -145,6 +149,7 @@ def test_not_ready_within_progress_deadline_fails() -> None:
 
 @pytest.mark.parametrize(("kw", "reason", "result"), [
     ({"aborted": "bad idea"}, "Aborted", "aborted"),
+    ({"deleted": True}, "ApprovalDeleted", "deleted"),
     ({"expired": True}, "ApprovalExpired", "expired"),
     ({"used": "used elsewhere"}, "ApprovalUsed", "invalid"),
     ({"valid": False, "invalid": "signature removed"}, "ApprovalInvalid", "invalid"),
@@ -181,6 +186,10 @@ def test_promotion_that_landed_finishes_applied() -> None:
 def test_expiry_before_the_promotion_landed_fails() -> None:
     s = c.step(facts(phase="Promoted", expired=True))
     assert (s.action, s.reason) == ("fail", "ApprovalExpired")
+
+
+def test_deletion_during_promotion_fails() -> None:
+    assert c.step(facts(phase="Promoted", deleted=True)).reason == "ApprovalDeleted"
 
 
 def test_abort_during_promotion_fails_unless_it_landed() -> None:

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("changegate.cli.audit", "audit", "The record of a period's tier-1 changes."),
     "whoami": ("changegate.cli.admin", "whoami", "The username the API server sees."),
     "break-glass": ("changegate.cli.admin", "break_glass", "The on-call path, loud and recorded."),
-    "canary": ("changegate.cli.admin", "canary", "Canary runs (abort)."),
+    "canary": ("changegate.cli.canary", "canary", "Canary runs (abort)."),
     "onboard": ("changegate.cli.admin", "onboard", "Label a namespace tier-1 with a mode."),
     "emergency-off": ("changegate.cli.admin", "emergency_off", "Set gated entries to Ignore."),
     "emergency-on": ("changegate.cli.admin", "emergency_on", "Set gated entries back to Fail."),

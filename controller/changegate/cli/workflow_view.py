@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import click
 import yaml
 
+from changegate.cli.canary import is_canary
+from changegate.cli.canary import lines as canary_lines
 from changegate.cli.workflow_common import Session, kube_options
 from changegate.core.digest import digest
 from changegate.core.errors import ChangeGateError
@@ -273,12 +275,16 @@ def _status(session: Session, name: str, output: str) -> tuple[str, bool]:
         f"To:            {p.toDigest}",
         f"Live:          {live.digest}",
     ]
+    lines += canary_lines(obj)
     missing = list(state.missing) + live.problems
     if live.problems and live.digest == p.toDigest:
         missing = ["the live object is already at toDigest: applied"]
     if missing:
         lines.append("Missing before it can go:")
         lines.extend(f"  - {item}" for item in missing)
+    elif is_canary(obj):
+        lines.append("Ready: the operator promotes the canary once it stayed healthy for its "
+                     "bake")
     else:
         lines.append(f"Ready: run `changegate apply {name} -n {session.namespace}` "
                      "(as someone who did not approve it)")

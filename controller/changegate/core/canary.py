@@ -228,6 +228,7 @@ class Facts:
     bake: int
     now: datetime
     analysis_failure: str = ""  # non-empty: the optional analysis failed or could not run
+    deleted: bool = False  # the ChangeApproval is being deleted
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,8 @@ def step(f: Facts) -> Step:
 
 
 def _before(f: Facts) -> Step:
+    if f.deleted:
+        return Step("none", "", "NotStarted", "the approval is being deleted")
     if f.aborted:
         return _fail(f, "Aborted", f"aborted before the canary started: {f.aborted}")
     why = qualifies(f)
@@ -313,6 +316,8 @@ def _before(f: Facts) -> Step:
 
 def _stop_reasons(f: Facts) -> Step | None:
     """What ends a running canary whatever its health."""
+    if f.deleted:
+        return _fail(f, "ApprovalDeleted", "the approval was deleted during the canary")
     if f.aborted:
         return _fail(f, "Aborted", f"aborted: {f.aborted}")
     if f.expired:
@@ -352,13 +357,13 @@ def _running(f: Facts) -> Step:
     progress.setdefault("healthySince", format_time(f.now))
     healthy_for = _since(progress["healthySince"], f.now)
     if healthy_for < f.bake:
+        # Messages name times, not durations, so a status write happens on a change only.
         return Step("wait", RUNNING, "Baking",
-                    f"healthy for {int(healthy_for)}s of {f.bake}s ({c.health.detail})",
-                    progress)
+                    f"healthy since {progress['healthySince']}; bake {f.bake}s", progress)
     if not f.complete:
         return Step("wait", RUNNING, "WaitingForApprovals",
-                    f"healthy for {int(healthy_for)}s (bake {f.bake}s done); promotion waits "
-                    f"for approvals ({f.approvals}/{f.required})", progress)
+                    f"healthy since {progress['healthySince']} (bake {f.bake}s done); "
+                    f"promotion waits for approvals ({f.approvals}/{f.required})", progress)
     progress["promotedAt"] = format_time(f.now)
     return Step("promote", PROMOTED, "Promoting",
                 f"healthy for {int(healthy_for)}s with {f.approvals}/{f.required} approvals: "
@@ -372,6 +377,9 @@ def _promoted(f: Facts) -> Step:
                     "the Deployment has toDigest; canary deleted", progress, "promoted")
     # Past the decision to promote, only what makes the write impossible stops it: the
     # canary's health no longer matters (it is about to be deleted).
+    if f.deleted:
+        return _fail(f, "ApprovalDeleted", "the approval was deleted before the promotion "
+                                           "landed")
     if f.aborted:
         return _fail(f, "Aborted", f"aborted before the promotion landed: {f.aborted}")
     if f.expired:

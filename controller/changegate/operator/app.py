@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from changegate import kube
-from changegate.operator import approvals, ledger, targets, world
+from changegate.operator import approvals, canary, ledger, targets, world
 from changegate.operator.api import Api
 from changegate.operator.context import Context
 from changegate.operator.health import make_app, serve
@@ -98,6 +98,7 @@ def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
     world.register(registry, ctx.process)
     approvals.register(registry, ctx)
     targets.register(registry, ctx)
+    canary.register(registry, ctx)
     return registry
 
 
