@@ -108,7 +108,10 @@ async def reconcile(runs: Runs, body: Mapping[str, Any], world: World, logger: L
     if not is_canary(spec):
         return
     async with runs.lock(str(meta.get("uid", ""))):
-        await _reconcile(runs, body, world, logger)
+        # A copy, read once the lock is held: a timer's body is a live view that kopf
+        # updates as events arrive, and the status write's resourceVersion precondition
+        # must be the version these facts were read from, or a stale step would win.
+        await _reconcile(runs, copy.deepcopy(dict(body)), world, logger)
 
 
 async def _reconcile(runs: Runs, body: Mapping[str, Any], world: World,
