@@ -4,7 +4,7 @@ real operator. In a canary namespace a Deployment change runs first as `<name>-c
 approval is in and the canary stayed healthy for its bake, and ends Applied with its nonce
 in the ledger. A canary whose pods fail (kwok's chaos stage) ends CanaryFailed, the main
 Deployment untouched; so does one aborted mid-bake. alice can neither create a canary
-herself nor update the Deployment directly.
+herself nor update the Deployment directly; a canary scaled past its approval is stopped.
 """
 
 from __future__ import annotations
@@ -192,3 +192,19 @@ def test_abort_mid_bake(gate: Gate, ns: str, tmp_path: Path):
     assert runs(gate, "aborted") >= 1
     again = gate.changegate("alice", "canary", "abort", name, "-n", ns)
     assert again.rc != 0 and "has ended" in again.text
+
+
+def test_a_canary_scaled_past_its_approval_is_stopped(gate: Gate, ns: str, tmp_path: Path):
+    """Scale-ups skip the webhook (SPEC §5): the operator sees the size and ends the run."""
+    before = gate.live_digest("deployment", NAME, ns)
+    name = request(gate, ns, tmp_path, "CHG-1004", "5.0", bake="10m")
+    gate.approve("CHG-1004", ns, "bob")
+    wait_for(lambda: canary_ready(gate, ns), "the canary Ready", timeout=60)
+    r = gate.kubectl("alice", "scale", f"deployment/{NAME}-canary", "--replicas=3", "-n", ns)
+    assert r.rc == 0, r.text  # admitted: a scale-up never reaches the webhook
+    wait_for(lambda: phase(gate, ns, name) == "CanaryFailed", "CanaryFailed", timeout=30)
+    cond = condition(gate, ns, name)
+    assert cond["reason"] == "CanaryChanged" and "scaled to 3" in cond["message"]
+    wait_for(lambda: gate.get("deployment", f"{NAME}-canary", ns) is None, "canary gone",
+             timeout=30)
+    assert gate.live_digest("deployment", NAME, ns) == before

@@ -166,6 +166,29 @@ def test_canary_deleted_by_someone_else_fails() -> None:
     assert (s.action, s.reason) == ("fail", "CanaryDeleted")
 
 
+def test_canary_scaled_past_its_approval_fails() -> None:
+    f = replace(running(), canary=Canary(True, Health(True), changed="scaled to 5"))
+    assert (c.step(f).action, c.step(f).reason) == ("fail", "CanaryChanged")
+
+
+def test_canary_replicas_default_to_one_and_never_exceed_max_canary_replicas() -> None:
+    import base64
+
+    from changegate.core.policy import load_policy
+    from changegate.core.statement import parse_statement
+    from tests.support import approval_for, fixture
+
+    def st(rollout: dict[str, Any]) -> Any:
+        a = approval_for(fixture("deployment-update"), rollout=rollout)
+        return parse_statement(base64.b64decode(a["spec"]["statement"]))
+
+    assert c.replicas_for(st({"strategy": "canary"}), load_policy("")) == 1
+    three = st({"strategy": "canary", "canary": {"replicas": 3, "bakeSeconds": 9}})
+    assert c.replicas_for(three, load_policy("")) == 1
+    assert c.replicas_for(three, load_policy("maxCanaryReplicas: 5")) == 3
+    assert c.bake_seconds(three) == 9
+
+
 def test_canary_replaced_by_someone_elses_fails() -> None:
     s = c.step(replace(running(), canary=Canary(False, Health(True))))
     assert (s.action, s.reason) == ("fail", "CanaryNotOwned")

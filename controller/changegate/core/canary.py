@@ -205,6 +205,7 @@ class Canary:
     owned: bool  # controlled by this ChangeApproval (ownerReference uid)
     health: Health
     progress_deadline: int = DEFAULT_PROGRESS_DEADLINE
+    changed: str = ""  # how it differs from what the approval asks for (scaled, ...)
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,8 @@ class Step:
 RESULTS = {"Aborted": "aborted", "ApprovalExpired": "expired", "ApprovalDeleted": "deleted",
            "ApprovalInvalid": "invalid", "ApprovalUsed": "invalid",
            "TargetChanged": "target_changed", "CanaryDeleted": "unhealthy",
-           "CanaryNotOwned": "unhealthy", "AnalysisFailed": "analysis",
-           "ProgressDeadlineExceeded": "deadline"}
+           "CanaryNotOwned": "unhealthy", "CanaryChanged": "unhealthy",
+           "AnalysisFailed": "analysis", "ProgressDeadlineExceeded": "deadline"}
 
 
 def _fail(f: Facts, reason: str, message: str) -> Step:
@@ -341,6 +342,10 @@ def _running(f: Facts) -> Step:
         return _fail(f, "CanaryDeleted", "the canary Deployment was deleted by someone else")
     if not c.owned:
         return _fail(f, "CanaryNotOwned", "the canary Deployment is not this approval's")
+    if c.changed:
+        # Scale-ups skip the webhook by design (SPEC §5): a canary grown past its size
+        # would run a change short of its approvals at scale. Stop it.
+        return _fail(f, "CanaryChanged", c.changed)
     if c.health.failure:
         return _fail(f, c.health.failure, c.health.detail)
     if f.analysis_failure:

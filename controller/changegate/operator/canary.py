@@ -144,9 +144,14 @@ async def _reconcile(runs: Runs, body: Mapping[str, Any], world: World,
     if live_canary is not None:
         pods = await _pods(ctx, live_canary) if owned else []
         deadline = mapping(live_canary.get("spec")).get("progressDeadlineSeconds")
+        want = machine.replicas_for(st, policy)
+        got = mapping(live_canary.get("spec")).get("replicas")
         observed = machine.Canary(owned, machine.observe(live_canary, pods),
                                   int(deadline) if isinstance(deadline, int)
-                                  else machine.DEFAULT_PROGRESS_DEADLINE)
+                                  else machine.DEFAULT_PROGRESS_DEADLINE,
+                                  "" if got == want else
+                                  f"the canary was scaled to {got} replicas; the approval "
+                                  f"allows {want}")
     main = await ctx.api.get(_deployment_path(namespace, target))
     annotations = mapping(meta.get("annotations"))
     facts = machine.Facts(
