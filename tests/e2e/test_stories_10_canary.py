@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +95,10 @@ def runs(gate: Gate, result: str) -> float:
 
 
 def request(gate: Gate, ns: str, tmp: Path, record: str, image: str, *, bake: str,
-            chaos: bool = False) -> str:
+            chaos: bool = False, expires: str = "4h") -> str:
     path = write_manifest(tmp / f"{record}.yaml", app(image, chaos))
     r = gate.changegate("alice", "request", "-f", str(path), "-n", ns, "--record", record,
-                        "--canary", "--bake", bake)
+                        "--canary", "--bake", bake, "--expires", expires)
     assert r.rc == 0, r.text
     return f"{record.lower()}-deployment-{NAME}"
 
@@ -207,4 +209,59 @@ def test_a_canary_scaled_past_its_approval_is_stopped(gate: Gate, ns: str, tmp_p
     assert cond["reason"] == "CanaryChanged" and "scaled to 3" in cond["message"]
     wait_for(lambda: gate.get("deployment", f"{NAME}-canary", ns) is None, "canary gone",
              timeout=30)
+    assert gate.live_digest("deployment", NAME, ns) == before
+
+
+def test_an_operator_restart_mid_bake_resumes_the_bake(gate: Gate, ns: str, tmp_path: Path):
+    """Progress is the approval's status: a new operator process neither restarts the bake
+    nor creates a second canary, and promotes when the first one would have."""
+    name = request(gate, ns, tmp_path, "CHG-1005", "6.0", bake="12s")
+    gate.approve("CHG-1005", ns, "bob", "carol")
+    canary = wait_for(lambda: canary_ready(gate, ns), "the canary Ready", timeout=60)
+    wait_for(lambda: condition(gate, ns, name)["reason"] == "Baking", "baking", timeout=30)
+    since = gate.approval(ns, name)["status"]["canary"]["healthySince"]
+    gate._stop(gate.operator)
+    time.sleep(3)
+    gate.start_operator()
+    wait_for(lambda: phase(gate, ns, name) == "Applied", "Applied", timeout=60)
+    progress = gate.approval(ns, name)["status"]["canary"]
+    assert progress["healthySince"] == since
+    baked = (datetime.fromisoformat(progress["promotedAt"].replace("Z", "+00:00"))
+             - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
+    assert baked >= 12
+    assert image_of(gate.get("deployment", NAME, ns)).endswith(":6.0")
+    # One canary for the run: the new process took up the one the old one created.
+    created = [d for d in gate.decisions(namespace=ns, name=f"{NAME}-canary",
+                                         decision="allowed")
+               if d.get("operation") == "CREATE" and d.get("approval") == name]
+    assert len(created) == 1, created
+    assert canary["metadata"]["ownerReferences"][0]["name"] == name
+    wait_for(lambda: gate.get("deployment", f"{NAME}-canary", ns) is None, "canary gone",
+             timeout=30)
+
+
+def test_an_approval_expiring_mid_bake_ends_the_run(gate: Gate, ns: str, tmp_path: Path):
+    before = gate.live_digest("deployment", NAME, ns)
+    name = request(gate, ns, tmp_path, "CHG-1006", "7.0", bake="10m", expires="40s")
+    gate.approve("CHG-1006", ns, "bob", "carol")
+    wait_for(lambda: canary_ready(gate, ns), "the canary Ready", timeout=30)
+    wait_for(lambda: phase(gate, ns, name) == "CanaryFailed", "CanaryFailed", timeout=60)
+    assert condition(gate, ns, name)["reason"] == "ApprovalExpired"
+    wait_for(lambda: gate.get("deployment", f"{NAME}-canary", ns) is None, "canary gone",
+             timeout=30)
+    assert gate.live_digest("deployment", NAME, ns) == before
+    assert runs(gate, "expired") >= 1
+
+
+def test_deleting_the_approval_mid_bake_ends_the_run(gate: Gate, ns: str, tmp_path: Path):
+    before = gate.live_digest("deployment", NAME, ns)
+    name = request(gate, ns, tmp_path, "CHG-1007", "8.0", bake="10m")
+    gate.approve("CHG-1007", ns, "bob")
+    wait_for(lambda: canary_ready(gate, ns), "the canary Ready", timeout=60)
+    r = gate.kubectl("alice", "delete", "changeapproval", name, "-n", ns, "--wait=false")
+    assert r.rc == 0, r.text
+    wait_for(lambda: gate.get("deployment", f"{NAME}-canary", ns) is None, "canary gone",
+             timeout=30)
+    assert wait_for(lambda: events(gate, ns, name, "CanaryFailed"), "the CanaryFailed Event")
+    assert runs(gate, "deleted") >= 1
     assert gate.live_digest("deployment", NAME, ns) == before
