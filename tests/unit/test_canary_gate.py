@@ -91,6 +91,13 @@ def test_canary_replicas_are_capped_by_max_canary_replicas() -> None:
     assert run(deploy_review("CREATE", the_canary(a, 1)), a).allowed
 
 
+def test_a_run_that_ended_never_gets_a_canary_again() -> None:
+    for phase in ("CanaryFailed", "Applied"):
+        a = canary_approval("bob", phase=phase)
+        d = run(deploy_review("CREATE", the_canary(a)), a)
+        assert not d.allowed and "has ended" in d.message
+
+
 def test_a_direct_approval_does_not_create_a_canary() -> None:
     a = sign(approval_for(fixture("deployment-update")), "bob", "carol")
     d = run(deploy_review("CREATE", the_canary(a)), a)

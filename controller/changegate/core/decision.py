@@ -454,6 +454,10 @@ def _canary_object(req: AdmissionRequest, snap: Snapshot, now: datetime, ctx: Co
     if obj is None:
         return verdict.set_deny(NONE, f"{name} is not owned by a ChangeApproval for "
                                                f"Deployment {base}")
+    if obj.phase in (canary.FAILED, "Applied", "Expired", "Rejected"):
+        # Status only holds back: a run that ended never starts again.
+        return verdict.set_deny(HELD, f"approval {obj.name} is {obj.phase}: its canary run "
+                                      "has ended")
     search = _Search(snap=snap, policy=policy, settings=settings, now=now, ctx=ctx,
                      budget=Budget(ctx.max_verifications), groups=req.groups)
     try:

@@ -71,3 +71,11 @@ CLUSTER_RULES: tuple[dict[str, Any], ...] = (
 NAMESPACE_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
 )
+# Canaries (SPEC §7; the chart's ``operator.canary``, on by default): create and delete
+# ``<name>-canary``, promote by updating the Deployment with the approved manifest (all
+# through the webhook), and read the canary's pods to judge its health. Without them a
+# canary namespace cannot promote, and nothing else changes.
+CANARY_RULES: tuple[dict[str, Any], ...] = (
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create", "update", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+)
