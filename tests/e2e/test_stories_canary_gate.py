@@ -1,4 +1,4 @@
-"""Story 10: the canary gate (SPEC §7) on fake nodes (kwok), with the real webhook and the
+"""The canary gate (SPEC §7) on fake nodes (kwok), with the real webhook and the
 real operator. In a canary namespace a Deployment change runs first as `<name>-canary`
 (after canaryMinApprovals = 1 approval), is promoted through the webhook once every
 approval is in and the canary stayed healthy for its bake, and ends Applied with its nonce
