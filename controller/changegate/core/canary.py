@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from changegate.core.errors import StatementError
 from changegate.core.policy import Policy
 from changegate.core.statement import Statement, format_time, parse_time
 
@@ -262,7 +263,7 @@ def _fail(f: Facts, reason: str, message: str) -> Step:
 def _since(text: Any, now: datetime) -> float:
     try:
         return (now - parse_time(str(text))).total_seconds()
-    except Exception:  # noqa: BLE001 -- unreadable progress reads as "just now"
+    except StatementError:  # unreadable progress reads as "just now": nothing is skipped
         return 0.0
 
 

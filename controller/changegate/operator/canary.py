@@ -21,6 +21,7 @@ import asyncio
 import copy
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import quote
@@ -127,10 +128,9 @@ async def _reconcile(runs: Runs, body: Mapping[str, Any], world: World,
         return  # cannot judge: the approvals flow says why in the conditions
     target = written.predicate.target.name
     canary_path = _deployment_path(namespace, machine.canary_name(target))
-    live_canary = await ctx.api.get(canary_path)
-    owned = live_canary is not None and machine.owner_uid(live_canary) == uid
     if phase in ENDED:
-        if owned:  # a run that ended leaves no canary behind (a delete that failed before)
+        live_canary = await ctx.api.get(canary_path)
+        if machine.owner_uid(live_canary) == uid:  # a run that ended leaves no canary
             await _delete(ctx, canary_path, uid, logger)
         return
     found = world.namespace(namespace)
@@ -139,20 +139,6 @@ async def _reconcile(runs: Runs, body: Mapping[str, Any], world: World,
     a = assess(world.facts(body, now))
     st = a.statement or written
     fatal = [p for p in a.problems if p.code in FATAL and p.code != "approval_used"]
-    used = next((p.detail for p in a.problems if p.code == "approval_used"), "")
-    observed = None
-    if live_canary is not None:
-        pods = await _pods(ctx, live_canary) if owned else []
-        deadline = mapping(live_canary.get("spec")).get("progressDeadlineSeconds")
-        want = machine.replicas_for(st, policy)
-        got = mapping(live_canary.get("spec")).get("replicas")
-        observed = machine.Canary(owned, machine.observe(live_canary, pods),
-                                  int(deadline) if isinstance(deadline, int)
-                                  else machine.DEFAULT_PROGRESS_DEADLINE,
-                                  "" if got == want else
-                                  f"the canary was scaled to {got} replicas; the approval "
-                                  f"allows {want}")
-    main = await ctx.api.get(_deployment_path(namespace, target))
     annotations = mapping(meta.get("annotations"))
     facts = machine.Facts(
         phase=phase, progress=mapping(status.get("canary")),
@@ -161,16 +147,33 @@ async def _reconcile(runs: Runs, body: Mapping[str, Any], world: World,
         invalid=fatal[0].detail if fatal else "no signature verifies yet",
         approvals=len(a.approvers), min_approvals=policy.canaryMinApprovals,
         complete=a.phase == "Approved", required=a.required,
-        expired=now >= st.expires_at, used=used,
+        expired=now >= st.expires_at,
+        used=next((p.detail for p in a.problems if p.code == "approval_used"), ""),
         aborted=str(annotations.get(machine.ABORT_ANNOTATION) or ""),
-        canary=observed, target_at_to=_at(main, st, world, "to"),
-        target_at_from=_at(main, st, world, "from"), bake=machine.bake_seconds(st), now=now,
-        deleted=bool(meta.get("deletionTimestamp")))
+        canary=None, target_at_to=False, target_at_from=True,
+        bake=machine.bake_seconds(st), now=now, deleted=bool(meta.get("deletionTimestamp")))
+    if phase not in (machine.RUNNING, machine.PROMOTED) and machine.step(facts).action == "none":
+        return  # not starting: no need to read the canary or the Deployment (every tick)
+    live_canary = await ctx.api.get(canary_path)
+    owned = live_canary is not None and machine.owner_uid(live_canary) == uid
+    if live_canary is not None:
+        pods = await _pods(ctx, live_canary) if owned else []
+        deadline = mapping(live_canary.get("spec")).get("progressDeadlineSeconds")
+        want = machine.replicas_for(st, policy)
+        got = mapping(live_canary.get("spec")).get("replicas")
+        facts = replace(facts, canary=machine.Canary(
+            owned, machine.observe(live_canary, pods),
+            int(deadline) if isinstance(deadline, int) else machine.DEFAULT_PROGRESS_DEADLINE,
+            "" if got == want else
+            f"the canary was scaled to {got} replicas; the approval allows {want}"))
+    main = await ctx.api.get(_deployment_path(namespace, target))
+    facts = replace(facts, target_at_to=_at(main, st, world, "to"),
+                    target_at_from=_at(main, st, world, "from"))
     step = machine.step(facts)
     if step.action == "none":
         return
     if step.action == "wait" and not step.phase:
-        logger.info("canary %s/%s waits: %s", namespace, name, step.message)
+        logger.debug("canary %s/%s waits: %s", namespace, name, step.message)
         return
     if step.action == "create" and not owned:
         replicas = machine.replicas_for(st, policy)
@@ -198,7 +201,7 @@ async def _reconcile(runs: Runs, body: Mapping[str, Any], world: World,
         return
     if step.action == "promote" and phase == machine.PROMOTED:
         # Promoted is stored (the webhook admits the write only then): write the manifest.
-        await _promote(ctx, body, manifest=mapping(spec.get("manifest")), namespace=namespace,
+        await _promote(ctx, manifest=mapping(spec.get("manifest")), namespace=namespace,
                        target=target, logger=logger)
     if outcome != "written":
         return
@@ -292,8 +295,8 @@ async def _delete(ctx: Context, path: str, uid: str, logger: Logger) -> None:
             logger.warning("cannot delete the canary %s: %s", path, exc)
 
 
-async def _promote(ctx: Context, body: Mapping[str, Any], *, manifest: Mapping[str, Any],
-                   namespace: str, target: str, logger: Logger) -> None:
+async def _promote(ctx: Context, *, manifest: Mapping[str, Any], namespace: str, target: str,
+                   logger: Logger) -> None:
     """Write the signed manifest over the Deployment, exactly as `changegate apply` writes
     a manifest (a whole update guarded by the live resourceVersion and uid)."""
     path = _deployment_path(namespace, target)
@@ -311,10 +314,8 @@ async def _promote(ctx: Context, body: Mapping[str, Any], *, manifest: Mapping[s
         await ctx.api.request("PUT", f"{path}?fieldManager={FIELD_MANAGER}", out)
     except ApiError as exc:
         # Denied (the webhook's cache may not show Promoted yet) or a conflict: the next
-        # tick tries again, until the approval expires.
-        logger.info("promotion of %s/%s not admitted yet: %s", namespace, target, exc)
-        if exc.status == 403:
-            kopf.info(cast(kopf.Body, body), reason="PromotionRetry", message=exc.message[:1024])
+        # tick tries again, until the approval expires (a log line, not an Event per try).
+        logger.warning("promotion of %s/%s not admitted yet: %s", namespace, target, exc)
 
 
 def _live(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
