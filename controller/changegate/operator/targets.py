@@ -20,6 +20,7 @@ import kopf
 from changegate.core.digest import digest
 from changegate.core.errors import NotCanonicalError
 from changegate.operator.approvals import approval_path, reconcile
+from changegate.operator.changes import observe
 from changegate.operator.context import Context
 from changegate.operator.world import World
 
@@ -76,3 +77,6 @@ def _register_kind(registry: kopf.OperatorRegistry, ctx: Context, group: str, ve
             fresh = await ctx.api.get(approval_path(namespace, approval))
             if fresh is not None:
                 await reconcile(ctx, fresh, world, logger)
+        # After the approvals: an approval this event completed is then Applied in the
+        # index the explanation reads (or still Approved: either explains the change).
+        await observe(ctx, world, type, body, kind, logger)
