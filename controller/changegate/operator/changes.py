@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, cast
 
 import kopf
 
-from changegate.core.errors import StatementError
 from changegate.core.policy import BUILT_IN_EXEMPT, Policy, namespace_settings
-from changegate.core.statement import parse_time
 from changegate.operator import explain, reviews
-from changegate.operator.api import ApiError
+from changegate.operator.api import ApiError, object_path
 from changegate.operator.approvals import approval_path, reconcile
 from changegate.operator.context import Context
 from changegate.operator.ledger import LedgerError
@@ -41,13 +38,6 @@ def is_exempt(policy: Policy, kind: str, namespace: str, name: str) -> bool:
     return any(kind in w.kinds and ("*" in w.namespaces or namespace in w.namespaces)
                and any(fnmatchcase(name, p) for p in w.names)
                for w in (*BUILT_IN_EXEMPT, *policy.exemptWriters))
-
-
-def _created_after(obj: Mapping[str, Any], since: datetime) -> bool:
-    try:
-        return parse_time(str(mapping(obj.get("metadata")).get("creationTimestamp"))) > since
-    except StatementError:
-        return False
 
 
 async def _approvals(ctx: Context, world: World, now: explain.Seen) -> list[dict[str, str]]:
@@ -88,11 +78,23 @@ async def observe(ctx: Context, world: World, event_type: str | None, body: Mapp
                        ctx.server_version)
     if now is None:
         return
-    since = record.watched_since(namespace, ctx.clock())
+    if namespace not in record.since:
+        await onboard(ctx, world, namespace)
+        if record.get(kind, namespace, name) is None:  # listed: it was there before
+            record.put(now)
+            return
+    # One transition at a time per object: the watch and the retry loop may both be here.
+    async with record.lock(f"{kind}/{namespace}/{name}"):
+        await _transition(ctx, world, body, now, found, logger)
+
+
+async def _transition(ctx: Context, world: World, body: Mapping[str, Any], now: explain.Seen,
+                      found: tuple[Mapping[str, str], Mapping[str, str]],
+                      logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    record, (policy, _) = ctx.record, world.policy
+    assert record is not None and policy is not None
+    kind, namespace, name = now.kind, now.namespace, now.name
     before = record.get(kind, namespace, name)
-    if before is None and (since is None or not _created_after(body, since)):
-        record.put(now)  # there before the operator watched the namespace: a baseline
-        return
     if before is not None and before.uid == now.uid and before.digest == now.digest:
         record.put(now)  # same state; keeps the break-glass value and the write time current
         return
@@ -101,9 +103,8 @@ async def observe(ctx: Context, world: World, event_type: str | None, body: Mapp
                           warn_mode=namespace_settings(policy, dict(found[1])).mode == "warn",
                           exempt=is_exempt(policy, kind, namespace, name))
     key = (kind, namespace, name)
-    first = ctx.retry.get(key) != now.digest
     if why.cause in ("break-glass", "unexplained"):
-        if first:
+        if ctx.retry.get(key) != now.digest:  # told once per transition, not per try
             _tell(ctx, body, now, why)
         ctx.retry[key] = now.digest
         try:
@@ -123,6 +124,31 @@ async def observe(ctx: Context, world: World, event_type: str | None, body: Mapp
     else:
         LOG.info("%s %s/%s changed (%s: %s)", kind, namespace, name, why.cause, why.detail)
     record.put(now)
+
+
+async def onboard(ctx: Context, world: World, namespace: str) -> None:
+    """A namespace seen tier-1 for the first time: record every gated object in it as it
+    is (a baseline). From then on an object the record lacks was created since, and its
+    creation is a transition to explain like any other."""
+    record = ctx.record
+    if record is None:
+        return
+    async with record.lock(f"namespace/{namespace}"):
+        if namespace in record.since:
+            return
+        policy, _ = world.policy
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "ConfigMap")):
+            listing = await ctx.api.get(object_path(api_version, kind, namespace))
+            for item in (listing or {}).get("items") or []:
+                # A list's items carry no apiVersion and kind, which the digest's view has.
+                item = {**item, "apiVersion": api_version, "kind": kind}
+                name = str(mapping(item.get("metadata")).get("name") or "")
+                now = explain.seen(item, kind, policy, world.autoscaled(namespace, kind, name),
+                                   ctx.server_version) if policy is not None else None
+                if now is not None and record.get(kind, namespace, name) is None:
+                    record.put(now)
+        record.watched_since(namespace, ctx.clock())
+    LOG.info("namespace %s: gated objects recorded as they are", namespace)
 
 
 def _tell(ctx: Context, body: Mapping[str, Any], now: explain.Seen,

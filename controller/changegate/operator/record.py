@@ -4,8 +4,9 @@ Sixteen ConfigMaps ``changegate-record-0`` ... ``-f`` in the controller namespac
 the ledger: one key per gated object of a tier-1 namespace (``o`` + 16 hex digits of the
 object's kind/namespace/name; the value is explain.Seen as JSON, ~300 bytes, so 1 MiB a
 shard holds ~3,000 objects and the sixteen ~50,000), and one key per tier-1 namespace
-(``n`` + 16 hex digits; the value says since when the operator watches it, so an object
-created later is a CREATE to explain, and one that was there before is a baseline).
+(``n`` + 16 hex digits; the value says since when the operator watches it: every object
+there then was recorded as a baseline, so an object the record lacks was created since,
+and its creation is a transition to explain).
 
 Why ConfigMaps in the controller namespace and not an annotation on each object: whoever
 can write the object (the very writer that got past a deleted webhook) could write the
@@ -22,6 +23,7 @@ resourceVersion as a precondition, batched per shard by ``flush``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -61,7 +63,14 @@ class Record:
         self.objects: dict[str, Seen] = {}
         self.since: dict[str, datetime] = {}  # tier-1 namespace -> watched since
         self._pending: dict[str, dict[str, str | None]] = {}  # shard -> key -> value
+        self._locks: dict[str, asyncio.Lock] = {}
         self.loaded = False
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """Held while a namespace is onboarded (its objects' events wait for the baseline),
+        and while one object's transition is judged. Locks of objects since deleted stay:
+        a few dozen bytes each, gone at the next restart."""
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def load(self, api: Api) -> None:
         """Read (and create missing) shards. Unreadable values are dropped: the object is
@@ -110,12 +119,12 @@ class Record:
         if self.objects.pop(key, None) is not None:
             self._pending.setdefault(_shard(key), {})[key] = None
 
-    def watched_since(self, namespace: str, now: datetime) -> datetime | None:
-        """When the operator began to watch this tier-1 namespace; None the first time (and
-        from now on it is recorded)."""
+    def watched_since(self, namespace: str, now: datetime) -> datetime:
+        """When the operator began to watch this tier-1 namespace (recorded now, the
+        first time)."""
         found = self.since.get(namespace)
         if found is None:
-            self.since[namespace] = now
+            found = self.since[namespace] = now
             key = namespace_key(namespace)
             self._pending.setdefault(_shard(key), {})[key] = json.dumps(
                 {"namespace": namespace, "since": format_time(now)}, sort_keys=True)

@@ -20,7 +20,7 @@ import kopf
 from changegate.core.digest import digest
 from changegate.core.errors import NotCanonicalError
 from changegate.operator.approvals import approval_path, reconcile
-from changegate.operator.changes import observe
+from changegate.operator.changes import observe, onboard
 from changegate.operator.context import Context
 from changegate.operator.world import World
 
@@ -61,6 +61,18 @@ def candidates(world: World, event_type: str | None, body: kopf.Body, namespace:
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     for group, version, plural, kind in GATED:
         _register_kind(registry, ctx, group, version, plural, kind)
+
+    # An event handler only, like the targets': kopf writes nothing on namespaces.
+    @kopf.on.event("namespaces", id="tier1-namespaces", registry=registry)
+    async def namespace_changed(type: str | None, name: str, labels: kopf.Labels,
+                                **kwargs: Any) -> None:
+        world = World(ctx.process, kwargs)
+        policy, _ = world.policy
+        if type == "DELETED" or policy is None or not policy.selects(dict(labels)) \
+                or name in (ctx.process.namespace, "kube-system"):
+            return
+        if ctx.record is not None and ctx.record.loaded:
+            await onboard(ctx, world, name)
 
 
 def _register_kind(registry: kopf.OperatorRegistry, ctx: Context, group: str, version: str,
