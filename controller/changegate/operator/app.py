@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from changegate import kube
-from changegate.operator import approvals, changes, ledger, targets, world
+from changegate.operator import approvals, changes, drift, ledger, targets, world
 from changegate.operator.api import Api, ApiError, object_path
 from changegate.operator.context import Context
 from changegate.operator.health import make_app, serve
@@ -99,6 +99,10 @@ def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
         # Before kopf lists anything: every object listed is compared with the record.
         ctx.record = Record(ctx.process.namespace)
         await ctx.record.load(ctx.api)
+        if ctx.expected_webhooks is not None:  # a deleted configuration sends no event
+            drift.judge(ctx, await ctx.api.get(
+                f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
+                f"{drift.NAME}"))
         # kopf's indices are live views: the ones handed to startup stay current.
         background.append(asyncio.create_task(
             keep_record(ctx, world.World(ctx.process, kwargs)), name="changegate record"))
@@ -120,6 +124,14 @@ def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
     world.register(registry, ctx.process)
     approvals.register(registry, ctx)
     targets.register(registry, ctx)
+    if ctx.expected_webhooks is not None:
+        def is_ours(name: str, **_: Any) -> bool:
+            return name == drift.NAME
+
+        @kopf.on.event("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                       id="webhook-drift", when=is_ours, registry=registry)
+        async def webhook_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+            drift.judge(ctx, None if type == "DELETED" else body)
     return registry
 
 

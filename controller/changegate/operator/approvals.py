@@ -161,11 +161,12 @@ def _observe_wait(ctx: Context, meta: Mapping[str, Any], now: datetime) -> None:
             return
 
 
-def _live(status: kopf.Status, **_: Any) -> bool:
+def _live(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
     """Approvals the timer still watches: it moves them to Expired (or sees trust change);
-    once Applied or Expired nothing can change them, and kopf drops its finalizer."""
+    once Applied or Expired nothing can change them, and kopf drops its finalizer. A
+    review owed never expires into anything: its signatures come as watch events."""
     phase = str(status.get("phase") or "")
-    return phase in MANAGED and phase not in TERMINAL
+    return phase in MANAGED and phase not in TERMINAL and reviews.LABEL not in labels
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from changegate.core.snapshot import ProcessConfig
 from changegate.operator.api import Api
@@ -35,6 +36,9 @@ class Context:
     # Gated objects whose transition still owes a review that could not be created yet:
     # (kind, namespace, name) -> the digest it moved to (changes.py tries them again).
     retry: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # The chart's rendering of the webhook configuration's entries (drift.py); None: no
+    # drift detection (the operator runs without the chart's webhooks.yaml).
+    expected_webhooks: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         self.metrics.clock = self.clock

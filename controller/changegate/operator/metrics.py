@@ -53,6 +53,7 @@ class OperatorMetrics:
             registry=self.registry)
         self._phases: dict[str, str] = {}  # uid -> phase
         self._owed: dict[str, datetime] = {}  # uid -> deadline of an unsigned review
+        self.drift_lines: list[str] = []  # what differs, as last judged (drift.py)
         self._publish()
         self._publish_reviews()
         self.drift.set(0)
