@@ -5,6 +5,7 @@ operator was down; changes that something explains owe nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -186,3 +187,31 @@ async def test_a_warn_namespace_gets_would_deny_events_not_reviews(k8s, operator
     event = next(e for e in k8s.kube.events(NS, "checkout") if e["reason"] == "WouldDeny")
     assert digest(live) in event["message"]
     assert reviews(k8s) == []
+
+
+async def test_terminal_approvals_are_deleted_after_approval_retention(k8s, operator, clock):
+    live = await k8s.setup(policy="approvalRetention: 2h\n")
+    applied, manifest = update_approval(live)
+    unused, _ = update_approval(live, name="chg-1235", record="CHG-1235",
+                                image="registry.example/checkout:3.0")
+    async with operator():
+        await k8s.create_approval(sign(applied, "bob", "carol"))
+        await k8s.create_approval(unused)
+        await eventually(lambda: k8s.phase("chg-1234") == "Approved")
+        await k8s.apply_deployment(manifest)
+        await eventually(lambda: k8s.phase("chg-1234") == "Applied")
+        await eventually(lambda: k8s.phase("chg-1235") == "Rejected" or
+                         k8s.phase("chg-1235") == "Pending")
+        clock.advance(timedelta(hours=1))
+        await asyncio.sleep(1)  # a few resyncs: nothing is old enough yet
+        assert k8s.approval("chg-1234")
+        clock.advance(timedelta(hours=1, minutes=1))
+        await eventually(lambda: not k8s.approval("chg-1234"), what="Applied one deleted")
+        # Still Pending (not terminal) at the clock's time: kept, until it expires (4 h
+        # lifetime) and then stays Expired for the retention period.
+        assert k8s.approval("chg-1235")
+        clock.advance(timedelta(hours=2))
+        await eventually(lambda: k8s.phase("chg-1235") == "Expired", what="Expired")
+        assert k8s.approval("chg-1235")
+        clock.advance(timedelta(hours=2, minutes=1))
+        await eventually(lambda: not k8s.approval("chg-1235"), what="Expired one deleted")

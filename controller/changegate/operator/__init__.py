@@ -31,7 +31,8 @@ ClusterRole
 - ``changegate.io`` ``changeapprovals``: get, list, watch, patch -- watch and index them,
   re-read one before judging it; kopf patches its finalizer ``changegate.io/operator``
   (the expiry timer needs it) onto approvals that are not yet Applied or Expired;
-  create -- the review owed for a break-glass or unexplained change (reviews.py).
+  create -- the review owed for a break-glass or unexplained change (reviews.py);
+  delete -- terminal ones after approvalRetention (retention.py).
 - ``changegate.io`` ``changeapprovals/status``: patch -- phases and conditions.
 - ``apps`` ``deployments``: get, list, watch, patch -- watch targets, read one when an
   approval is Approved, write the ``changegate.io/approval`` annotation.
@@ -61,7 +62,7 @@ from typing import Any
 
 CLUSTER_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": ["changegate.io"], "resources": ["changeapprovals"],
-     "verbs": ["get", "list", "watch", "patch", "create"]},
+     "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
     {"apiGroups": ["changegate.io"], "resources": ["changeapprovals/status"],
      "verbs": ["patch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"],

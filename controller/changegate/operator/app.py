@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from changegate import kube
-from changegate.operator import approvals, changes, drift, ledger, targets, world
+from changegate.operator import approvals, changes, drift, ledger, retention, targets, world
 from changegate.operator.api import Api, ApiError, object_path
 from changegate.operator.context import Context
 from changegate.operator.health import make_app, serve
@@ -136,8 +136,8 @@ def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
 
 
 async def keep_record(ctx: Context, view: world.World) -> None:
-    """Write the record in batches; every resync, try again the transitions that still
-    owe a review that could not be created."""
+    """Write the record in batches; every resync, delete what approvalRetention lets go
+    and try again the transitions that still owe a review that could not be created."""
     assert ctx.record is not None
     since_retry = 0.0
     while True:
@@ -146,8 +146,9 @@ async def keep_record(ctx: Context, view: world.World) -> None:
             if ctx.record.dirty:
                 await ctx.record.flush(ctx.api)
             since_retry += FLUSH_SECONDS
-            if since_retry >= ctx.resync and ctx.retry:
+            if since_retry >= ctx.resync:
                 since_retry = 0.0
+                await retention.sweep(ctx, view)
                 for kind, namespace, name in list(ctx.retry):
                     api_version = "apps/v1" if kind == "Deployment" else "v1"
                     live = await ctx.api.get(object_path(api_version, kind, namespace, name))

@@ -107,10 +107,20 @@ def review_body(policy: Policy, obj: Mapping[str, Any], before: Seen | None, now
     return approval
 
 
+def reviewed_condition(approvers: list[str], required: int, at: str) -> dict[str, str]:
+    done = len(approvers) >= required
+    return {"type": "Reviewed", "status": "True" if done else "False",
+            "reason": "Reviewed" if done else "ReviewOwed",
+            "message": (f"reviewed by {', '.join(approvers)} ({len(approvers)}/{required})"
+                        if done else f"{len(approvers)}/{required} approvers have reviewed it"),
+            "lastTransitionTime": at}
+
+
 def review_status(cause: str, detail: str, since: datetime, required: int) -> dict[str, Any]:
     return {"phase": "ReviewOwed", "approvers": [], "approvals": 0, "required": required,
             "review": {"reason": cause, "detail": detail[:MAX_DETAIL],
-                       "owedSince": format_time(since)}}
+                       "owedSince": format_time(since)},
+            "conditions": [reviewed_condition([], required, format_time(since))]}
 
 
 async def owe(ctx: Context, world: World, obj: Mapping[str, Any], before: Seen | None,
@@ -188,8 +198,17 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], world: World,
     since = _since(review)
     deadline = since + timedelta(seconds=policy.reviewDeadline if policy else 24 * 3600)
     ctx.metrics.owed(uid, deadline if phase == "ReviewOwed" else None)
+    # The condition keeps its lastTransitionTime while its status stays (retention runs
+    # from the time it became Reviewed).
+    before = next((c for c in old.get("conditions") or []
+                   if isinstance(c, dict) and c.get("type") == "Reviewed"), {})
+    condition = reviewed_condition(approvers, required, format_time(ctx.clock()))
+    if before.get("status") == condition["status"] and before.get("lastTransitionTime"):
+        condition["lastTransitionTime"] = before["lastTransitionTime"]
+    if facts.verified is None and before:
+        condition = dict(before)
     new = {"phase": phase, "approvers": approvers, "approvals": len(approvers),
-           "required": required, "review": dict(review)}
+           "required": required, "review": dict(review), "conditions": [condition]}
     if all(old.get(k) == v for k, v in new.items()):
         return
     try:
