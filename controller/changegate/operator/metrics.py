@@ -18,6 +18,7 @@ from prometheus_client import Counter as CounterMetric
 
 PHASES = ("Pending", "Approved", "Applied", "Expired", "Rejected", "CanaryRunning",
           "CanaryFailed", "Promoted", "ReviewOwed", "Reviewed")
+CANARY_RESULTS = ("passed", "failed", "aborted")
 # From creation to Approved: minutes when approvers are at hand, hours across time zones,
 # a day at the default maxApprovalLifetime.
 WAIT_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0)
@@ -51,6 +52,14 @@ class OperatorMetrics:
             "1 while the ValidatingWebhookConfiguration differs from what the chart "
             "rendered (rules, failurePolicy, selectors, matchConditions, caBundle).",
             registry=self.registry)
+        # SPEC §8 names it the operator's: the canary flow (SPEC §7) counts each run's
+        # result here. Every result is exported from the start (0 until a run ends so),
+        # so the canary alert's increase() sees the first failure.
+        self.canary_runs = CounterMetric(
+            "changegate_canary_runs", "Canary runs (SPEC §7) by result.", ["result"],
+            registry=self.registry)
+        for result in CANARY_RESULTS:
+            self.canary_runs.labels(result)
         self._phases: dict[str, str] = {}  # uid -> phase
         self._owed: dict[str, datetime] = {}  # uid -> deadline of an unsigned review
         self.drift_lines: list[str] = []  # what differs, as last judged (drift.py)
