@@ -47,7 +47,7 @@ def exposed(exposition: bytes) -> set[str]:
 
 
 def emitted() -> set[str]:
-    from changegate import metrics as webhook_metrics
+    from changegate.webhook import metrics as webhook_metrics
     return (exposed(webhook_metrics.exposition()) | exposed(OperatorMetrics().exposition())
             | KUBE_APISERVER | PROMETHEUS)
 
