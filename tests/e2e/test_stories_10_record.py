@@ -224,14 +224,15 @@ def test_dana_break_glass_rollback_owes_a_review_that_bob_and_carol_sign(
     assert "Reviewed" in {e["reason"] for e in events(gate, ns, name)}
     # Signed by two approvers, it still admits nothing: with the object back where dana
     # started (her second break-glass), alice's write of exactly the reviewed change
-    # from -> to is refused, since the review's nonce is used.
+    # from -> to is refused. Its nonce is used, and labelled used it is not even in the
+    # webhook's view: no approval names the change.
     back = write_manifest(tmp_path / "back.yaml", deployment(
         "checkout", "1.41.0", annotations={GLASS: "INC-5522 roll forward again by dana"}))
     assert gate.kubectl("dana", "apply", "-n", ns, "-f", str(back)).rc == 0
     assert gate.live_digest("deployment", "checkout", ns) == before
     again = gate.kubectl("alice", "apply", "-n", ns, "-f", str(rollback))
     assert again.rc == 1, again.text
-    assert "reason: approval_used" in again.err, again.err
+    assert "reason: no_approval" in again.err, again.err
     assert gate.live_digest("deployment", "checkout", ns) == before
 
 
@@ -353,3 +354,48 @@ def test_emergency_off_is_drift_until_emergency_on_and_what_fails_open_is_unexpl
         gate.register()
     wait_for(lambda: metric(gate, drift) == 0, "no drift once it is back",
              timeout=WITHIN_RESYNC)
+
+
+def test_a_warn_namespace_gets_would_deny_events_naming_each_writer(gate: Gate, tmp_path: Path):
+    """Onboarding: warn admits, and each change deny would refuse leaves a WouldDeny Event
+    with what changed, the digests and the writer as far as managedFields tell."""
+    ns = gate.namespace("s10-warn", deployment("checkout", "1.41.0"),
+                        annotations={"changegate.io/enforcement": "warn"})
+    recorded(gate, ns)
+    before = gate.live_digest("deployment", "checkout", ns)
+    r = gate.kubectl("alice", "apply", "-n", ns, "-f", str(write_manifest(
+        tmp_path / "v2.yaml", deployment("checkout", "1.42.0"))))
+    assert r.rc == 0 and "changegate" in r.err, r.text  # admitted, with warn's warnings
+    after = gate.live_digest("deployment", "checkout", ns)
+    r = gate.kubectl("dana", "patch", "deployment/checkout", "-n", ns, "--type=merge",
+                     "-p", '{"spec": {"replicas": 1}}', "--field-manager=autoscaler-script")
+    assert r.rc == 0, r.text
+    scaled = gate.live_digest("deployment", "checkout", ns)
+    found = wait_for(lambda: len(w := [e for e in events(gate, ns, "checkout")
+                                       if e["reason"] == "WouldDeny"]) >= 2 and w,
+                     "two WouldDeny Events", timeout=WITHIN_RESYNC)
+    messages = sorted(e["message"] for e in found)
+    assert any(f"{before} -> {after}" in m and "kubectl-client-side-apply" in m
+               for m in messages), messages
+    assert any(f"{after} -> {scaled}" in m and "autoscaler-script" in m
+               for m in messages), messages
+    assert all(e["type"] == "Warning" for e in found)
+    assert owed_reviews(gate, ns) == []
+
+
+def test_the_webhook_keeps_only_approvals_that_can_still_admit(gate: Gate):
+    """Applied approvals and reviews owed (nonce in the ledger) are labelled
+    changegate.io/used by the operator, and the webhook's watch leaves them out: however
+    many are retained, its memory holds only the live ones (SPEC §7a)."""
+    def count(selector: str) -> int:
+        r = gate.kubectl("admin", "get", "changeapprovals.changegate.io", "-A", "-l",
+                         selector, "-o", "json")
+        assert r.rc == 0, r.err
+        return len(json.loads(r.out)["items"])
+
+    used, live = count("changegate.io/used=true"), count("!changegate.io/used")
+    assert used >= 1  # the reviews owed of this story, at least
+    gate.stop_serve()
+    gate.start_serve()
+    synced = gate.decisions_log("caches synced")
+    assert synced and synced[-1]["changeapprovals"] == live, (synced[-1:], used, live)

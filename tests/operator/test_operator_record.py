@@ -6,6 +6,7 @@ operator was down; changes that something explains owe nothing."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from datetime import timedelta
 from typing import Any
@@ -76,6 +77,8 @@ async def test_a_break_glass_change_owes_a_review_that_approvers_sign(k8s, opera
         assert spec["requestedBy"] == "dana" and spec["changeRecord"]["id"] == "INC-9"
         assert status["review"]["reason"] == "break-glass"
         assert status["review"]["detail"] == "INC-9 rollback: 5xx at 40% by dana"
+        assert review["metadata"]["labels"] == {"changegate.io/review": "break-glass",
+                                                "changegate.io/used": "true"}
         # Its nonce is in the ledger: it is the record of a used change, it admits nothing.
         nonce = parse_statement(statement_bytes(review)).predicate.nonce
         entry = json.loads(k8s.ledger()[nonce])
@@ -138,6 +141,9 @@ async def test_changes_that_something_explains_owe_nothing(k8s, operator):
         await eventually(lambda: k8s.phase("chg-1234") == "Approved")
         await k8s.apply_deployment(manifest)
         await eventually(lambda: k8s.phase("chg-1234") == "Applied")
+        # Used: labelled so the webhook's watch leaves it out.
+        await eventually(lambda: (k8s.approval("chg-1234")["metadata"].get("labels") or {})
+                         .get("changegate.io/used") == "true", what="the used label")
         # A scale-up (the scale guard lets every one through without the webhook).
         await k8s.patch(CHECKOUT, {"spec": {"replicas": 5}})
         # A restart by a restart writer.
@@ -215,3 +221,29 @@ async def test_terminal_approvals_are_deleted_after_approval_retention(k8s, oper
         assert k8s.approval("chg-1235")
         clock.advance(timedelta(hours=2, minutes=1))
         await eventually(lambda: not k8s.approval("chg-1235"), what="Expired one deleted")
+
+
+async def test_a_review_that_could_not_be_created_is_tried_again_and_told(k8s, operator):
+    """The ledger refuses for a while (here: conflicts beyond the writer's retries): the
+    transition stays unrecorded, the record loop tries again each resync, and the review
+    and its Event come once the ledger takes the write."""
+    from changegate.operator.reviews import review_nonce
+    live = await k8s.setup()
+    async with operator() as ctx:
+        await baseline(k8s, ctx)
+        changed = image(live, "6.6.6")
+        after = copy.deepcopy(live)
+        after["spec"]["template"]["spec"]["containers"][0]["image"] = \
+            changed["spec"]["template"]["spec"]["containers"][0]["image"]
+        nonce = review_nonce(NS, "Deployment", "checkout", digest(live), digest(after))
+        k8s.kube.conflicts[f"changegate-ledger-{nonce[0]}"] = 12
+        await k8s.patch(CHECKOUT, changed)
+        review = await eventually(lambda: owed(k8s), what="the review, on a later try")
+        assert review["spec"]["toDigest"] == digest(after)
+        await eventually(lambda: "ReviewOwed" in k8s.event_reasons("checkout"),
+                         what="its Event, posted from the record loop")
+        assert k8s.event_reasons("checkout").count("UnexplainedChange") == 1
+        [told] = [e for e in k8s.kube.events(NS, "checkout") if e["reason"] == "ReviewOwed"]
+        assert told["metadata"]["name"].startswith("changegate-operator-")  # not kopf's
+        assert told["involvedObject"]["uid"] == live["metadata"]["uid"]
+        assert ctx.retry == {}

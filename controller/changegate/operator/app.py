@@ -157,6 +157,8 @@ async def keep_record(ctx: Context, view: world.World) -> None:
                                                                 "name": name}}, kind, LOG)
         except ApiError as exc:
             LOG.warning("record: %s (tried again)", exc)
+        except Exception:  # this loop must outlive any one failure: it flushes the record
+            LOG.exception("record loop: unexpected error (carrying on)")
 
 
 async def run(ctx: Context, *, peering: str = DEFAULT_PEERING, standalone: bool = False,

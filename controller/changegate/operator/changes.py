@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
-from typing import Any, cast
-
-import kopf
+from typing import Any
 
 from changegate.core.policy import BUILT_IN_EXEMPT, Policy, namespace_settings
-from changegate.operator import explain, reviews
+from changegate.operator import events, explain, reviews
 from changegate.operator.api import ApiError, object_path
 from changegate.operator.approvals import approval_path, reconcile
 from changegate.operator.context import Context
@@ -29,7 +27,6 @@ from changegate.operator.ledger import LedgerError
 from changegate.operator.world import World, mapping
 
 LOG = logging.getLogger("changegate.operator.changes")
-MAX_MESSAGE = 1024
 
 
 def is_exempt(policy: Policy, kind: str, namespace: str, name: str) -> bool:
@@ -105,7 +102,7 @@ async def _transition(ctx: Context, world: World, body: Mapping[str, Any], now: 
     key = (kind, namespace, name)
     if why.cause in ("break-glass", "unexplained"):
         if ctx.retry.get(key) != now.digest:  # told once per transition, not per try
-            _tell(ctx, body, now, why)
+            await _tell(ctx, body, now, why)
         ctx.retry[key] = now.digest
         try:
             review = await reviews.owe(ctx, world, body, before, now, why.cause, why.detail)
@@ -114,13 +111,12 @@ async def _transition(ctx: Context, world: World, body: Mapping[str, Any], now: 
                          kind, namespace, name, exc)
             return
         ctx.retry.pop(key, None)
-        kopf.info(cast(kopf.Body, body), reason="ReviewOwed",
-                  message=f"a review is owed: ChangeApproval {review} "
+        await events.post(ctx, body, "Normal", "ReviewOwed",
+                          f"a review is owed: ChangeApproval {review} "
                           f"(changegate approve {review} -n {namespace})")
     elif why.cause == "warn":
-        kopf.warn(cast(kopf.Body, body), reason="WouldDeny",
-                  message=f"deny mode would have refused this change: {why.detail}"
-                  [:MAX_MESSAGE])
+        await events.post(ctx, body, "Warning", "WouldDeny",
+                          f"deny mode would have refused this change: {why.detail}")
     else:
         LOG.info("%s %s/%s changed (%s: %s)", kind, namespace, name, why.cause, why.detail)
     record.put(now)
@@ -151,14 +147,13 @@ async def onboard(ctx: Context, world: World, namespace: str) -> None:
     LOG.info("namespace %s: gated objects recorded as they are", namespace)
 
 
-def _tell(ctx: Context, body: Mapping[str, Any], now: explain.Seen,
-          why: explain.Explanation) -> None:
+async def _tell(ctx: Context, body: Mapping[str, Any], now: explain.Seen,
+                why: explain.Explanation) -> None:
     if why.cause == "unexplained":
         ctx.metrics.unexplained.labels(now.namespace, now.kind).inc()
         LOG.warning("unexplained change: %s", why.detail)
-        kopf.warn(cast(kopf.Body, body), reason="UnexplainedChange",
-                  message=f"no approval or break-glass explains this change: {why.detail}"
-                  [:MAX_MESSAGE])
+        await events.post(ctx, body, "Warning", "UnexplainedChange",
+                          f"no approval or break-glass explains this change: {why.detail}")
     else:
-        kopf.warn(cast(kopf.Body, body), reason="BreakGlass",
-                  message=f"changed under break-glass: {why.detail}"[:MAX_MESSAGE])
+        await events.post(ctx, body, "Warning", "BreakGlass",
+                          f"changed under break-glass: {why.detail}")

@@ -10,8 +10,9 @@ digest differs from the recorded one, ``explain`` names what let the change in:
 - ``exempt``: the object is one an ``exemptWriters`` entry (or a built-in one) names;
 - ``restart``: only a ``restartAnnotations`` key of the pod template moved, and the
   policy has ``restartWriters``;
-- ``scale``: only ``spec.replicas`` moved, up (every scale-up passes the scale guard
-  without the webhook), or by a write through the ``scale`` subresource;
+- ``scale``: only ``spec.replicas`` moved, and up (every scale-up passes the scale guard
+  without the webhook; a scale-down is gated unless an autoscaler owns the replicas, and
+  then they are out of the digest);
 - ``rebaseline``: nobody wrote the object since it was recorded (no newer managedFields
   time), but the view changed under it: a Kubernetes upgrade defaulting a new field, or
   a policy change of the ignored annotations or labels;
@@ -108,12 +109,6 @@ def _fields(obj: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     return [e for e in entries if isinstance(e, dict)]
 
 
-def _newest_is_scale(obj: Mapping[str, Any]) -> bool:
-    entries = [e for e in _fields(obj) if e.get("subresource") not in STATUS_SUBRESOURCES]
-    newest = max(entries, key=lambda e: str(e.get("time") or ""), default=None)
-    return newest is not None and newest.get("subresource") == "scale"
-
-
 def seen(obj: Mapping[str, Any], kind: str, policy: Policy, autoscaled: bool,
          server_version: str) -> Seen | None:
     """The record of ``obj`` now, or None when it has no digest (not canonical)."""
@@ -171,8 +166,7 @@ def explain(before: Seen | None, now: Seen, obj: Mapping[str, Any], *, policy: P
         if before.restartless == now.restartless and (policy.restartWriters.users or
                                                       policy.restartWriters.groups):
             return Explanation("restart", "only a restart annotation of the pod template moved")
-        if before.replicaless == now.replicaless and (
-                (now.replicas or 0) > (before.replicas or 0) or _newest_is_scale(obj)):
+        if before.replicaless == now.replicaless and (now.replicas or 0) > (before.replicas or 0):
             return Explanation("scale", f"replicas {before.replicas} -> {now.replicas}")
         if before.basis != now.basis and now.wrote <= before.wrote:
             return Explanation("rebaseline", "no write since it was recorded; the view "
