@@ -374,11 +374,11 @@ def test_a_warn_namespace_gets_would_deny_events_naming_each_writer(gate: Gate, 
     found = wait_for(lambda: len(w := [e for e in events(gate, ns, "checkout")
                                        if e["reason"] == "WouldDeny"]) >= 2 and w,
                      "two WouldDeny Events", timeout=WITHIN_RESYNC)
-    messages = sorted(e["message"] for e in found)
-    assert any(f"{before} -> {after}" in m and "kubectl-client-side-apply" in m
-               for m in messages), messages
+    messages = "\n".join(sorted(e["message"] for e in found))
+    assert any(f" -> {after}" in m and "kubectl-client-side-apply" in m
+               for m in messages.splitlines()), f"{before} -> {after}:\n{messages}"
     assert any(f"{after} -> {scaled}" in m and "autoscaler-script" in m
-               for m in messages), messages
+               for m in messages.splitlines()), f"{after} -> {scaled}:\n{messages}"
     assert all(e["type"] == "Warning" for e in found)
     assert owed_reviews(gate, ns) == []
 
