@@ -15,7 +15,7 @@ from .alerts import rule_groups
 KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
             "group_right", "bool", "offset", "inf", "nan"}
 # Emitted by kube-apiserver (k8s.io/apiserver admission metrics), scraped as job apiserver;
-# tests/e2e/test_stories_10_record.py reads them from the real API server.
+# tests/e2e/test_stories_11_record.py reads them from the real API server.
 KUBE_APISERVER = {"apiserver_admission_webhook_admission_duration_seconds_bucket",
                   "apiserver_admission_webhook_fail_open_count"}
 PROMETHEUS = {"up"}

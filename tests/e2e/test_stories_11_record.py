@@ -1,4 +1,4 @@
-"""Story 10: the operator's record (SPEC §7a), on the real control plane with serve and the
+"""Story 11: the operator's record (SPEC §7a), on the real control plane with serve and the
 operator running as the chart installs them.
 
 - dana's break-glass rollback owes a review: a ChangeApproval for exactly that change,
