@@ -128,7 +128,7 @@ async def test_an_invalid_trust_store_keeps_the_replica_ready_denying_until_it_i
         broken = (await r.json())["response"]
     assert broken["allowed"] is False
     # A rule refusing bad input, not a webhook fault ("webhook denying on errors").
-    assert broken["auditAnnotations"]["changegate.io/decision"] == "denied:config_guard"
+    assert broken["auditAnnotations"]["decision"] == "denied:config_guard"
     _, metrics = server.get("/metrics")
     # The fix went in; the two refused writes loosened nothing (SPEC §8, `allowed`).
     counted = {(f.labels["config"], f.labels["loosened"], f.labels["allowed"]): f.value
