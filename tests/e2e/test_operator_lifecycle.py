@@ -216,7 +216,7 @@ def test_pending_then_approved_then_applied_with_the_use_recorded(cluster, setup
                       ["metadata"].get("annotations", {}).get("changegate.io/approval") and d,
                       "the annotation on the Deployment", log)
     annotations = target["metadata"]["annotations"]
-    assert annotations["approval"] == f"CHG-4242 {NS}/{NAME} approved-by=bob,carol"
+    assert annotations["changegate.io/approval"] == f"CHG-4242 {NS}/{NAME} approved-by=bob,carol"
     # Nothing of kopf's on the object it watched; the annotation changed no digest.
     assert set(annotations) <= {"changegate.io/approval", "deployment.kubernetes.io/revision",
                                 "kubectl.kubernetes.io/last-applied-configuration"}
