@@ -419,16 +419,6 @@ class Gate:
                     out.append(doc)
         return out
 
-    def decisions_log(self, message: str) -> list[dict[str, Any]]:
-        """serve's JSON log records with this message (e.g. "caches synced"), in order."""
-        out = []
-        for line in self.serve_log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if isinstance(doc, dict) and doc.get("msg") == message:
-                    out.append(doc)
-        return out
-
     def decision(self, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
         """The last matching decision. serve writes each record before it answers, so it is
         there when the write returns; the wait covers writes the test did not make itself

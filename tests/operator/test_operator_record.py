@@ -77,8 +77,7 @@ async def test_a_break_glass_change_owes_a_review_that_approvers_sign(k8s, opera
         assert spec["requestedBy"] == "dana" and spec["changeRecord"]["id"] == "INC-9"
         assert status["review"]["reason"] == "break-glass"
         assert status["review"]["detail"] == "INC-9 rollback: 5xx at 40% by dana"
-        assert review["metadata"]["labels"] == {"changegate.io/review": "break-glass",
-                                                "changegate.io/used": "true"}
+        assert review["metadata"]["labels"] == {"changegate.io/review": "break-glass"}
         # Its nonce is in the ledger: it is the record of a used change, it admits nothing.
         nonce = parse_statement(statement_bytes(review)).predicate.nonce
         entry = json.loads(k8s.ledger()[nonce])
@@ -141,9 +140,6 @@ async def test_changes_that_something_explains_owe_nothing(k8s, operator):
         await eventually(lambda: k8s.phase("chg-1234") == "Approved")
         await k8s.apply_deployment(manifest)
         await eventually(lambda: k8s.phase("chg-1234") == "Applied")
-        # Used: labelled so the webhook's watch leaves it out.
-        await eventually(lambda: (k8s.approval("chg-1234")["metadata"].get("labels") or {})
-                         .get("changegate.io/used") == "true", what="the used label")
         # A scale-up (the scale guard lets every one through without the webhook).
         await k8s.patch(CHECKOUT, {"spec": {"replicas": 5}})
         # A restart by a restart writer.

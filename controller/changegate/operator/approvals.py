@@ -24,7 +24,7 @@ import kopf
 from changegate.core.digest import digest
 from changegate.core.errors import NotCanonicalError, StatementError
 from changegate.core.statement import Statement, parse_time
-from changegate.kube import GROUP, PLURAL, USED_LABEL, VERSION
+from changegate.kube import GROUP, PLURAL, VERSION
 from changegate.operator import ledger, reviews
 from changegate.operator.api import ApiError, object_path
 from changegate.operator.context import Context
@@ -75,8 +75,6 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], world: World,
     new = status_body(old, a, now, meta.get("generation"))
     ctx.metrics.saw(uid, a.phase)
     if unchanged(old, new):
-        if a.phase == "Applied":
-            await mark_used(ctx, meta, logger)
         return
     try:
         await ctx.api.merge_patch(approval_path(namespace, name, "status"), {
@@ -95,24 +93,6 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], world: World,
         _observe_wait(ctx, meta, now)
     if a.phase == "Applied" and old.get("phase") != "Applied":
         await _mark_target(ctx, a, world, namespace, name, logger)
-        await mark_used(ctx, meta, logger)
-
-
-async def mark_used(ctx: Context, meta: Mapping[str, Any],
-                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """Label an approval whose nonce is in the ledger, so the webhook's watch leaves it out
-    (kube.USED_LABEL). Only once Applied is written: until then the webhook may need its
-    phase as the second sign of use (SPEC §4 rule 5). A metadata-only write: the webhook's
-    ChangeApproval entry skips it (its matchConditions), and the CRD allows it."""
-    if (meta.get("labels") or {}).get(USED_LABEL) == "true":
-        return
-    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
-    try:
-        await ctx.api.merge_patch(approval_path(namespace, name), {
-            "metadata": {"uid": meta.get("uid"), "labels": {USED_LABEL: "true"}}})
-    except ApiError as exc:
-        if exc.status not in (404, 409):
-            logger.warning("cannot label %s/%s used: %s", namespace, name, exc)
 
 
 async def _live_target(ctx: Context, st: Statement) -> dict[str, Any] | None:

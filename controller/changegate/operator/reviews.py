@@ -33,7 +33,6 @@ from changegate.core.digest import hex_of
 from changegate.core.errors import StatementError
 from changegate.core.policy import Policy, namespace_settings
 from changegate.core.statement import format_time, parse_statement, parse_time
-from changegate.kube import USED_LABEL
 from changegate.operator import ledger
 from changegate.operator.api import ApiError, object_path
 from changegate.operator.context import Context
@@ -104,8 +103,7 @@ def review_body(policy: Policy, obj: Mapping[str, Any], before: Seen | None, now
         expires_at=at + timedelta(seconds=policy.maxApprovalLifetime),
         manifest=manifest_for(obj),
         nonce=review_nonce(now.namespace, now.kind, now.name, from_digest, now.digest))
-    # Used from birth (its nonce is recorded first): the webhook never needs to see it.
-    approval["metadata"]["labels"] = {LABEL: cause, USED_LABEL: "true"}
+    approval["metadata"]["labels"] = {LABEL: cause}
     return approval
 
 
