@@ -15,7 +15,6 @@ from changegate.core.compose import statement_bytes
 from changegate.core.digest import digest
 from changegate.core.statement import parse_statement
 from tests.operator.conftest import (
-    CHANGEAPPROVALS,
     CONFIGMAPS,
     CONTROLLER_NS,
     DEPLOYMENTS,
@@ -30,10 +29,9 @@ CHECKOUT = f"/apis/apps/v1/namespaces/{NS}/deployments/checkout"
 
 
 def reviews(k8s) -> list[dict[str, Any]]:
-    return [o for o in (k8s.kube.obj(CHANGEAPPROVALS, NS, key[2])
-                        for key in list(k8s.kube.objects)
-                        if str(key[0].plural) == "changeapprovals" and key[1] == NS)
-            if o and "changegate.io/review" in (o["metadata"].get("labels") or {})]
+    return [o for (plural, ns, _), o in list(k8s.kube.store.items())
+            if plural == "changeapprovals" and ns == NS
+            and "changegate.io/review" in (o["metadata"].get("labels") or {})]
 
 
 def owed(k8s) -> dict[str, Any] | None:
