@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from changegate.core.reasons import Category, ReasonCode
 
@@ -102,10 +103,15 @@ def test_severity(alert, severity):
     assert alerts()[alert]["labels"]["severity"] == severity
 
 
-def test_review_overdue_waits_for_the_policy_review_deadline():
-    assert alerts()["ChangeGateBreakGlassReviewOverdue"]["for"] == "24h"
+def test_review_overdue_is_the_operators_count_past_the_policy_review_deadline():
+    """Each review is overdue by its own owedSince + reviewDeadline, which the operator
+    reads from the policy the chart renders; a `for` on a count of reviews would time the
+    oldest-ever one, not each."""
+    rule = alerts()["ChangeGateBreakGlassReviewOverdue"]
+    assert 'changegate_reviews_owed{state="overdue"}' in rule["expr"] and "for" not in rule
     values = monitoring_values(policy={"reviewDeadline": "12h"})
-    assert alerts(values)["ChangeGateBreakGlassReviewOverdue"]["for"] == "12h"
+    policy = one(objects(values), "ConfigMap", "changegate-policy")["data"]["policy.yaml"]
+    assert yaml.safe_load(policy)["reviewDeadline"] == "12h"
 
 
 def test_slow_webhook_is_seen_from_both_sides():

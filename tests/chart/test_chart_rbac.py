@@ -90,7 +90,8 @@ def test_operator_ledger_writes_are_limited_to_the_sixteen_ledger_configmaps():
     by_verbs = {tuple(r["verbs"]): r for r in role["rules"]}
     assert by_verbs[("create",)].get("resourceNames") is None  # RBAC cannot name a create
     named = by_verbs[("update", "patch")]
-    assert named["resourceNames"] == [f"changegate-ledger-{i:x}" for i in range(16)]
+    assert named["resourceNames"] == [f"changegate-{what}-{i:x}" for what in ("ledger", "record")
+                                      for i in range(16)]
 
 
 def test_only_the_operator_may_write_change_approval_status():

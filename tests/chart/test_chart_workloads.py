@@ -113,7 +113,11 @@ def test_operator_is_one_standalone_replica_that_never_overlaps():
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["operator", "--config=/etc/changegate/config.yaml",
+                                 "--expected-webhooks=/etc/changegate/webhooks.yaml",
                                  "--metrics-port=8080", "--standalone", "--log-level=info"]
+    # The chart's rendering of its webhook entries, for drift (changegate-config).
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/etc/changegate/webhooks.yaml"]["subPath"] == "webhooks.yaml"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "changegate-operator"
     # No PDB: one replica with a PDB would block every node drain.

@@ -212,8 +212,11 @@ class Gate:
         assert one(self.objects, "ServiceAccount", WEBHOOK_SA)
         c.apply(*self._story_rbac())
         self.config_file = self.work / "config.yaml"
-        self.config_file.write_text(
-            one(self.objects, "ConfigMap", "changegate-config")["data"]["config.yaml"])
+        config = one(self.objects, "ConfigMap", "changegate-config")["data"]
+        self.config_file.write_text(config["config.yaml"])
+        # The chart's rendering of the webhook entries, as the operator's pod mounts it.
+        self.webhooks_file = self.work / "webhooks.yaml"
+        self.webhooks_file.write_text(config["webhooks.yaml"])
         self.webhook_kubeconfig = self._token_kubeconfig(WEBHOOK_SA)
         self.operator_kubeconfig = self._token_kubeconfig(OPERATOR_SA)
         self.start_serve()
@@ -311,6 +314,7 @@ class Gate:
     def start_operator(self) -> None:
         argv = [sys.executable, "-m", "changegate", "operator",
                 "--kubeconfig", str(self.operator_kubeconfig), "--config", str(self.config_file),
+                "--expected-webhooks", str(self.webhooks_file),
                 "--namespace", CONTROLLER, "--standalone", "--metrics-host", "127.0.0.1",
                 "--metrics-port", str(self.operator_port)]
         with self.operator_log.open("ab") as sink:

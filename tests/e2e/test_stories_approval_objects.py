@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from changegate.core.compose import change_approval, manifest_for
 from changegate.core.digest import digest
 
@@ -111,13 +109,6 @@ def test_the_audit_log_has_the_denial_and_its_machine_readable_line(gate: Gate,
     assert message.endswith(r.machine_line().group(0))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core: verdict.finish() sends auditAnnotations keyed changegate.io/decision, ...; "
-    "kube-apiserver prefixes each key with the webhook entry's name "
-    "(deployments.changegate.io/changegate.io/decision), which then has two '/' and fails "
-    "its key check: every key is dropped, with a log line 'Failed to set admission audit "
-    "annotation'. Keys without the prefix (decision, approval, ...) would be kept as "
-    "deployments.changegate.io/decision (report)"))
 def test_the_audit_log_keeps_the_webhooks_audit_annotations(gate: Gate, tmp_path: Path):
     ns = gate.namespace("s8-annotations", deployment("checkout", "1.41.0"))
     v2 = write_manifest(tmp_path / "v2.yaml", deployment("checkout", "1.42.0"))

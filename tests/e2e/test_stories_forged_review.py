@@ -63,7 +63,7 @@ def test_a_forged_review_does_not_let_an_unapproved_update_through(gate: Gate, t
         "object": wanted, "oldObject": wanted, "dryRun": False}}
     answer = post_review(gate, forged)
     assert answer["allowed"] is True  # old == new: the forgery itself gates nothing
-    assert answer["auditAnnotations"]["changegate.io/decision"] == "allowed:no_change"
+    assert answer["auditAnnotations"]["decision"] == "allowed:no_change"
 
     real = gate.kubectl("alice", "apply", "-n", ns, "-f", str(v2))
 

@@ -233,24 +233,19 @@ def test_an_image_change_is_denied_then_admitted_after_two_signed_approvals(hook
     hook.admitted = (ns, "checkout")  # for the audit-log test below
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPEC §5 names the auditAnnotations changegate.io/approval, ...; the API server prefixes "
-    "each key with the webhook's name and drops any key that then has two '/' "
-    "(k8s.io/apiserver admission checkKeyFormat), so none reaches the audit log. Keys without "
-    "the prefix (decision, approvers, ...) would be recorded as "
-    "deployments.changegate.io/approvers: a SPEC and core (verdict.py) change, see the report"))
 def test_the_audit_log_records_the_webhooks_annotations_on_the_admitted_write(hook):
     if getattr(hook, "admitted", None) is None:
         pytest.skip("needs the story above")
     event = _audited_update(hook, *hook.admitted)
+    # kube-apiserver keeps each key the webhook sent as "<entry name>/<key>" (SPEC §5).
     annotations = {k.removeprefix(f"{ENTRY}/"): v for k, v in event["annotations"].items()
                    if k.startswith(f"{ENTRY}/")}
-    # The values the webhook sent (asserted in the integration tests), under whatever key
-    # survives the API server's prefixing.
-    values = {k.rsplit("/", 1)[-1]: v for k, v in annotations.items()}
-    assert values.get("approvers") == "bob,carol", event["annotations"]
-    assert values.get("change-record") == "CHG-4242"
-    assert values.get("decision") == "allowed:approved"
+    assert annotations.get("approvers") == "bob,carol", event["annotations"]
+    assert annotations.get("change-record") == "CHG-4242"
+    assert annotations.get("decision") == "allowed:approved"
+    assert annotations.get("approval") == f"{hook.admitted[0]}/chg-4242-checkout"
+    assert set(annotations) == {"decision", "approval", "approvers", "change-record", "from",
+                                "to"}, event["annotations"]
 
 
 def test_a_change_record_signed_by_only_one_approver_stays_denied(hook, tmp_path):

@@ -82,4 +82,4 @@ async def test_the_record_is_in_the_log_when_the_answer_arrives(tmp_path, start_
         assert len(records) == 1, server.logs()
         assert records[0]["msg"] == "admission"
         assert records[0]["decision"] == answer["auditAnnotations"][
-            "changegate.io/decision"].split(":")[0]
+            "decision"].split(":")[0]

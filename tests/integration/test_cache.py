@@ -231,7 +231,7 @@ async def test_a_read_through_never_reuses_a_list_older_than_the_request(fake, m
     review = fixture("deployment-update")
     dry = copy.deepcopy(review)
     dry["request"]["dryRun"] = True
-    assert (await ask(cache, dry))["auditAnnotations"]["changegate.io/decision"] == \
+    assert (await ask(cache, dry))["auditAnnotations"]["decision"] == \
         "warned:no_approval"  # that read-through listed nothing
     fake.put(fresh(review, "bob", "carol"))  # created, watch event still held back
     assert (await ask(cache, review))["allowed"] is True

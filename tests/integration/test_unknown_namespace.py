@@ -36,7 +36,7 @@ async def test_a_namespace_created_a_moment_ago_is_looked_up_and_judged_by_its_l
     fake.put(namespace("scratch"))  # not tier-1: nothing to gate there
     response = await ask(cache, moved(fixture("deployment-update"), "scratch"))
     assert response["allowed"] is True, response
-    assert response["auditAnnotations"]["changegate.io/decision"] == "allowed:not_gated"
+    assert response["auditAnnotations"]["decision"] == "allowed:not_gated"
     assert gets(fake, "scratch") == 1
     assert "scratch" not in cache.snapshot().namespaces  # only that decision saw it
     fake.release_events("namespaces")

@@ -75,10 +75,10 @@ async def test_two_real_ed25519_signatures_admit_exactly_that_change(tmp_path, s
     response = await decide(client, server, review)
     assert response["allowed"] is True, response
     audit = response["auditAnnotations"]
-    assert audit["changegate.io/decision"] == "allowed:approved"
-    assert audit["changegate.io/approvers"] == "bob,carol"
-    assert audit["changegate.io/change-record"] == "CHG-77"
-    assert audit["changegate.io/approval"] == "payments/chg-77"
+    assert audit["decision"] == "allowed:approved"
+    assert audit["approvers"] == "bob,carol"
+    assert audit["change-record"] == "CHG-77"
+    assert audit["approval"] == "payments/chg-77"
     # A different change (same object, other image) is not covered by that approval.
     other = fixture("deployment-update")
     other["request"]["object"]["spec"]["template"]["spec"]["containers"][0]["image"] = "evil:1"

@@ -66,7 +66,7 @@ async def test_a_cache_not_yet_synced_denies_with_cache_not_ready():
     message = response["status"]["message"]
     assert "reason: cache_not_ready" in message and "not loaded its state" in message
     assert message.splitlines()[-1] == DENY_LINE
-    assert response["auditAnnotations"]["changegate.io/decision"] == "error:cache_not_ready"
+    assert response["auditAnnotations"]["decision"] == "error:cache_not_ready"
 
 
 async def test_a_dry_run_is_denied_too_when_the_cache_is_not_ready():

@@ -39,10 +39,10 @@ async def test_each_fixture_is_answered_as_its_readme_says(name, static_server, 
     for warning in response.get("warnings", []):
         assert len(warning) < 256, warning
     audit = response["auditAnnotations"]
-    outcome = audit["changegate.io/decision"]
+    outcome = audit["decision"]
     assert re.fullmatch(r"(allowed|denied|warned):[a-z_]+", outcome)
-    assert re.fullmatch(DIGEST, audit["changegate.io/from"])
-    assert re.fullmatch(DIGEST, audit["changegate.io/to"])
+    assert re.fullmatch(DIGEST, audit["from"])
+    assert re.fullmatch(DIGEST, audit["to"])
     if response["allowed"]:
         assert "status" not in response
         return
@@ -52,7 +52,7 @@ async def test_each_fixture_is_answered_as_its_readme_says(name, static_server, 
     assert MACHINE_LINE.match(lines[-1]), lines[-1]
     op = review["request"]["operation"]
     assert lines[-1].startswith(f"changegate: op={op} ")
-    assert f"from={audit['changegate.io/from']} to={audit['changegate.io/to']}" in lines[-1]
+    assert f"from={audit['from']} to={audit['to']}" in lines[-1]
     assert "approvals=0/2" in lines[-1]
     assert any(line.strip().startswith("next: ") for line in lines), "nothing to act on"
     assert outcome.startswith("denied:")
@@ -75,10 +75,10 @@ async def test_a_dry_run_that_would_be_denied_is_admitted_with_would_deny_warnin
     warnings = response["warnings"]
     assert warnings[0].startswith("changegate: would DENY: no_approval")
     audit = response["auditAnnotations"]
-    assert audit["changegate.io/decision"] == "warned:no_approval"
+    assert audit["decision"] == "warned:no_approval"
     # each digest on its own warning line, so none is cut at 256 characters
-    assert f"changegate: from {audit['changegate.io/from']}" in warnings
-    assert f"changegate: to {audit['changegate.io/to']}" in warnings
+    assert f"changegate: from {audit['from']}" in warnings
+    assert f"changegate: to {audit['to']}" in warnings
     assert MACHINE_LINE.match(warnings[-1])
 
 
@@ -86,7 +86,7 @@ async def test_a_metadata_only_update_is_not_a_change(static_server, client):
     response = (await post(client, static_server, fixture("deployment-update-metadata-only")))[
         "response"]
     assert response["allowed"] is True
-    assert response["auditAnnotations"]["changegate.io/decision"] == "allowed:no_change"
+    assert response["auditAnnotations"]["decision"] == "allowed:no_change"
     assert "warnings" not in response
 
 
@@ -98,7 +98,7 @@ async def test_break_glass_by_a_configured_group_is_admitted_loudly(tmp_path, st
                           "--break-glass-groups", "sre-oncall")
     response = (await post(client, server, fixture("deployment-break-glass")))["response"]
     assert response["allowed"] is True
-    assert response["auditAnnotations"]["changegate.io/decision"] == "allowed:break_glass"
+    assert response["auditAnnotations"]["decision"] == "allowed:break_glass"
     assert any("BREAK-GLASS by dana" in w for w in response["warnings"])
     _, text = server.get("/metrics")
     assert 'changegate_break_glass_total{namespace="payments"} 1.0' in text

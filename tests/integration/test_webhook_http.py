@@ -111,7 +111,7 @@ async def test_an_invalid_trust_store_keeps_the_replica_ready_denying_until_it_i
         answer = (await response.json())["response"]
     assert answer["allowed"] is False
     assert "configuration invalid" in answer["status"]["message"]
-    assert answer["auditAnnotations"]["changegate.io/decision"] == "error:config_invalid"
+    assert answer["auditAnnotations"]["decision"] == "error:config_invalid"
     dry = fixture("deployment-update-dryrun")  # a fault is never turned into a warning
     async with client.post(server.url, json=dry) as response:
         assert (await response.json())["response"]["allowed"] is False
@@ -128,7 +128,7 @@ async def test_an_invalid_trust_store_keeps_the_replica_ready_denying_until_it_i
         broken = (await r.json())["response"]
     assert broken["allowed"] is False
     # A rule refusing bad input, not a webhook fault ("webhook denying on errors").
-    assert broken["auditAnnotations"]["changegate.io/decision"] == "denied:config_guard"
+    assert broken["auditAnnotations"]["decision"] == "denied:config_guard"
     _, metrics = server.get("/metrics")
     # The fix went in; the two refused writes loosened nothing (SPEC §8, `allowed`).
     counted = {(f.labels["config"], f.labels["loosened"], f.labels["allowed"]): f.value

@@ -77,7 +77,7 @@ def test_two_distinct_trusted_approvers_admit_exactly_that_change(name):
     decision = run(review, approval)
     assert decision.allowed and decision.code == "approved", decision.message
     assert decision.approvers == ("bob", "carol")
-    assert decision.audit["changegate.io/change-record"] == "CHG-1234"
+    assert decision.audit["change-record"] == "CHG-1234"
 
 
 def test_ecdsa_p256_approver_counts():

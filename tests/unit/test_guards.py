@@ -225,6 +225,27 @@ def test_trusted_creator_needs_the_requesters_own_signature():
     assert run(ca_review(sign(approval, "alice"), user=gitops), policy=policy).allowed
 
 
+OPERATOR = "system:serviceaccount:changegate:changegate-operator"
+
+
+def test_the_operator_names_someone_else_only_on_a_review_owed():
+    """SPEC §7a: the operator's account creates reviews owed for dana's break-glass change
+    (requestedBy dana), whose nonce it recorded first. It may not create a live approval for
+    anyone else: that would let it, or whoever holds its token, request in others' names."""
+    import base64
+    import json
+    approval = approval_for(fixture("deployment-update"), requested_by="dana")
+    decision = run(ca_review(approval, user=OPERATOR))
+    assert not decision.allowed and decision.code == "requester_mismatch"
+    nonce = json.loads(base64.b64decode(approval["spec"]["statement"]))["predicate"]["nonce"]
+    ledger = [{"kind": "ConfigMap", "metadata": {"name": "changegate-ledger-0"},
+               "data": {nonce: "{}"}}]
+    decision = run(ca_review(approval, user=OPERATOR), ledger=ledger)
+    assert decision.allowed and "review owed" in decision.detail
+    # Anyone else still gets approval_used for a copied, used statement.
+    assert run(ca_review(approval, user="dana"), ledger=ledger).code == "approval_used"
+
+
 def test_manifest_must_have_the_signed_digest():
     approval = approval_for(fixture("deployment-update"))
     approval["spec"]["manifest"]["spec"]["replicas"] = 0

@@ -125,14 +125,15 @@ def _emergency(policy: str, reason: str | None, kubeconfig: str | None,
 def emergency_off(reason: str, kubeconfig: str | None, context: str | None) -> None:
     """Set the gated entries to failurePolicy Ignore (cluster administrators only)."""
     _emergency("Ignore", reason, kubeconfig, context)
-    # Only what is true today: the operator does not yet watch the webhook configuration
-    # (no changegate_webhook_config_drift), so no drift alert can remind anyone. What the
-    # API server counts while it admits without changegate is real (SPEC §8, fail open).
+    # The operator compares the configuration with the chart's rendering
+    # (changegate_webhook_config_drift), so the drift alert pages until emergency-on; the
+    # API server counts what it admits without changegate (SPEC §8, fail open), and the
+    # operator owes a review for each such change (unexplained).
     click.echo("while changegate cannot be reached, gated writes are now admitted unchecked; "
                "the API server counts each one (apiserver_admission_webhook_fail_open_count, "
-               "alert ChangeGateWebhookFailingOpen) and the reason is recorded on the webhook "
-               "configuration, but no alert reminds you that it is off: run "
-               "`changegate emergency-on` as soon as the webhook is back")
+               "alert ChangeGateWebhookFailingOpen), the operator records each as an "
+               "unexplained change that owes a review, and ChangeGateWebhookConfigDrifted "
+               "pages until you run `changegate emergency-on` once the webhook is back")
 
 
 @click.command("emergency-on")

@@ -234,7 +234,7 @@ class Story:
         answer = self.server.post(doc)
         allowed = bool(answer.get("allowed"))
         message = (answer.get("status") or {}).get("message", "")
-        decision = (answer.get("auditAnnotations") or {}).get("changegate.io/decision", "")
+        decision = (answer.get("auditAnnotations") or {}).get("decision", "")
         if allowed:
             for warning in answer.get("warnings", []):
                 self.echo(f"    Warning: {warning}")

@@ -122,6 +122,15 @@ def _review(session: Session, obj: dict[str, Any], key: PrivateKey, trust: Trust
     review = Review(obj, st, key_problems(key, trust, st, signer), signed_by(obj, key))
     if review.problems or review.already:
         return review
+    owed = (obj.get("status") or {}).get("review")
+    if isinstance(owed, dict):
+        # A review owed (SPEC §7a): its change already happened and its nonce is used, so
+        # there is nothing to apply or dry-run and its expiry does not matter: show why it
+        # is owed and what the object became.
+        click.echo(f"ChangeApproval {review.label}: review owed for a {owed.get('reason')} "
+                   f"change since {owed.get('owedSince')}: {owed.get('detail') or '-'}")
+        click.echo(describe_statement(st), nl=False)
+        return review
     if now >= st.expires_at:
         review.problems.append(f"it expired at {st.predicate.expiresAt}")
         return review
@@ -195,8 +204,9 @@ def _approve_cluster(session: Session, name: str | None, record: str | None, key
     todo = [r for r in reviews if not r.already]
     if not todo:
         return
-    click.echo("checks passed: each manifest has its toDigest, each live object is at its "
-               "fromDigest, a dry-run still produces toDigest")
+    if any(not isinstance((r.obj.get("status") or {}).get("review"), dict) for r in todo):
+        click.echo("checks passed: each manifest has its toDigest, each live object is at its "
+                   "fromDigest, a dry-run still produces toDigest")
     policy = session.site.policy or Policy()
     for r in todo:
         note = senior_note(policy, trust, r, signer)

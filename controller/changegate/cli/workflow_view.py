@@ -165,6 +165,22 @@ def _phase(obj: dict[str, Any], now: datetime) -> str:
     return "-"
 
 
+def _review(obj: dict[str, Any]) -> dict[str, Any]:
+    """status.review of a review owed (SPEC §7a), {} for any other approval."""
+    found = (obj.get("status") or {}).get("review")
+    return found if isinstance(found, dict) else {}
+
+
+def _owed_cell(obj: dict[str, Any], now: datetime) -> str:
+    """For a review: since when it is owed, where other approvals show their expiry (a
+    review's expiry means nothing: it admits nothing, and is signed whenever reviewed)."""
+    review = _review(obj)
+    since = review.get("owedSince")
+    if (obj.get("status") or {}).get("phase") == "Reviewed":
+        return "reviewed"
+    return f"owed {age(since, now)}" if since else "owed"
+
+
 def _approvals_cell(obj: dict[str, Any], required: int) -> str:
     status = obj.get("status") or {}
     if "approvals" in status:
@@ -178,15 +194,20 @@ def _approvals_cell(obj: dict[str, Any], required: int) -> str:
 @click.option("--pending", is_flag=True, help="Only approvals still in flight (not used, "
                                               "expired or finished).")
 @click.option("--record", help="Only approvals of this change record.")
+@click.option("--owed", is_flag=True, help="Only reviews owed: break-glass and unexplained "
+                                           "changes not yet reviewed.")
 @click.option("-o", "--output", type=OUTPUT, default="table", show_default=True)
 @kube_options
 def list_(session: Session, all_namespaces: bool, pending: bool, record: str | None,
-          output: str) -> None:
-    """List ChangeApprovals, like `kubectl get changeapprovals`."""
+          owed: bool, output: str) -> None:
+    """List ChangeApprovals, like `kubectl get changeapprovals`; reviews owed show since
+    when they are owed, and why."""
     api = session.api
     items, now = list_approvals_at(api, None if all_namespaces else session.namespace, record)
     if pending:
         items = [i for i in items if _phase(i, now) not in TERMINAL | {"Expired"}]
+    if owed:
+        items = [i for i in items if _phase(i, now) == "ReviewOwed"]
     if output != "table":
         _dump({"apiVersion": "v1", "kind": "List", "items": items}, output)
         return
@@ -202,10 +223,13 @@ def list_(session: Session, all_namespaces: bool, pending: bool, record: str | N
     for obj in items:
         spec, m = obj.get("spec") or {}, meta(obj)
         t = spec.get("target") or {}
+        review = _review(obj)
+        phase = _phase(obj, now) + (f" ({review.get('reason')})" if review else "")
         row = [str(m.get("name")), f"{str(t.get('kind', '')).lower()}/{t.get('name', '')}",
                str(spec.get("operation", "")), str((spec.get("changeRecord") or {}).get("id")),
-               _approvals_cell(obj, required), _phase(obj, now),
-               expires(spec.get("expiresAt"), now), age(m.get("creationTimestamp"), now)]
+               _approvals_cell(obj, required), phase,
+               _owed_cell(obj, now) if review else expires(spec.get("expiresAt"), now),
+               age(m.get("creationTimestamp"), now)]
         if all_namespaces:
             row.insert(0, str(m.get("namespace")))
         rows.append(row)
@@ -276,6 +300,9 @@ def _status(session: Session, name: str, output: str) -> tuple[str, bool]:
         f"Live:          {live.digest}",
     ]
     lines += canary_lines(obj)
+    review = _review(obj)
+    if review:
+        return _review_status(obj, review, lines, state.approvers, state.required, now), final
     missing = list(state.missing) + live.problems
     if live.problems and live.digest == p.toDigest:
         missing = ["the live object is already at toDigest: applied"]
@@ -289,6 +316,25 @@ def _status(session: Session, name: str, output: str) -> tuple[str, bool]:
         lines.append(f"Ready: run `changegate apply {name} -n {session.namespace}` "
                      "(as someone who did not approve it)")
     return "\n".join(lines) + "\n", final
+
+
+def _review_status(obj: dict[str, Any], review: dict[str, Any], lines: list[str],
+                   approvers: tuple[str, ...] | list[str], required: int, now: datetime) -> str:
+    """A review owed: why, since when, and who still has to sign. Its change is done, so
+    nothing about applying it applies (Expires, Live, Ready are left out)."""
+    name = meta(obj).get("name")
+    keep = [line for line in lines if not line.startswith(("Expires:", "Live:"))]
+    keep.insert(1, f"Review owed:   {review.get('reason')} change, "
+                   f"{_owed_cell(obj, now)} (since {review.get('owedSince')})")
+    keep.insert(2, f"Why:           {review.get('detail') or '-'}")
+    if (obj.get("status") or {}).get("phase") == "Reviewed":
+        keep.append(f"Reviewed by {', '.join(approvers)}.")
+    else:
+        need = max(0, required - len(approvers))
+        keep.append(f"Owed: {need} more approver signature(s) to review it: "
+                    f"changegate approve {name} -n {meta(obj).get('namespace')} "
+                    "(it admits nothing: its change already happened)")
+    return "\n".join(keep) + "\n"
 
 
 __all__ = ["list_", "preflight", "progress", "status"]

@@ -400,11 +400,17 @@ def approval_object(req: AdmissionRequest, snap: Snapshot, now: datetime,
         return junk
     if req.operation == "CREATE":
         requester = st.predicate.requestedBy
-        if st.predicate.nonce in snap.ledger:
+        used = st.predicate.nonce in snap.ledger
+        if used and req.username == snap.process.operator_service_account:
+            # A review owed (SPEC §7a): the operator records the nonce first, then creates
+            # the record of a change that already happened, naming who made it. Used, it
+            # can admit nothing; this is the one case where anyone may name someone else.
+            return Verdict.allow(ReasonCode.APPROVED, "a review owed, its nonce already used")
+        if used:
             return Verdict.deny(ReasonCode.APPROVAL_USED,
                                 "this statement's nonce was already used; "
                                 "request a new approval")
-        if requester != req.username and req.username != snap.process.operator_service_account:
+        if requester != req.username:
             if req.username not in policy.trustedCreators:
                 return Verdict.deny(ReasonCode.REQUESTER_MISMATCH,
                                     f"requestedBy is {requester!r} but {req.username!r} creates "

@@ -117,16 +117,19 @@ class Verdict:
             "error" if self.code.category is Category.FAULT else "denied")
         warnings = self.warnings
         message = ""
-        audit = {"changegate.io/decision": f"{outcome}:{self.code}"}
+        # Keys without a prefix or "/" (SPEC §5): kube-apiserver stores each as
+        # "<webhook entry name>/<key>" (deployments.changegate.io/decision) and drops any
+        # key that would then hold two "/", so a prefixed key never reached the audit log.
+        audit = {"decision": f"{outcome}:{self.code}"}
         if self.record:
-            audit["changegate.io/change-record"] = self.record
+            audit["change-record"] = self.record
         if self.approval:
-            audit["changegate.io/approval"] = f"{req.namespace}/{self.approval}"
+            audit["approval"] = f"{req.namespace}/{self.approval}"
         if self.approvers and self.allowed:
-            audit["changegate.io/approvers"] = ",".join(sorted(self.approvers))
+            audit["approvers"] = ",".join(sorted(self.approvers))
         if self.kind:
-            audit["changegate.io/from"] = self.from_digest
-            audit["changegate.io/to"] = self.to_digest
+            audit["from"] = self.from_digest
+            audit["to"] = self.to_digest
         allowed = self.allowed
         if allowed:
             if self.image_tags:
@@ -137,7 +140,7 @@ class Verdict:
             warnings, message = self._denial(req, snap, approvals)
             if not message:
                 outcome, allowed = "warned", True
-                audit["changegate.io/decision"] = f"warned:{self.code}"
+                audit["decision"] = f"warned:{self.code}"
         if req.dry_run and allowed and outcome == "allowed":
             warnings = []  # a dry-run that would pass stays silent: --warnings-as-errors works
         return Decision(

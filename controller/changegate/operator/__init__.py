@@ -8,7 +8,11 @@ What it does (SPEC §4 rule 5, §7a, §9):
 - when a tier-1 Deployment or ConfigMap reaches an Approved approval's ``toDigest`` (or is
   gone, for a DELETE), records the statement's nonce in the ledger, marks the approval
   ``Applied`` and annotates the object with ``changegate.io/approval``;
-- serves ``/healthz`` and ``/metrics`` (``changegate_changeapprovals{phase}``).
+- explains every digest transition of a gated tier-1 object against what it last
+  recorded (``changes``, ``explain``, ``record``), and owes a review for a break-glass
+  or an unexplained change (``reviews``);
+- serves ``/healthz`` and ``/metrics`` (``changegate_changeapprovals{phase}``,
+  ``changegate_unexplained_changes_total``, ``changegate_reviews_owed``, ...).
 
 Modules: ``status`` (pure: what the status should say), ``ledger`` (the used-nonce
 ConfigMaps), ``world`` (kopf indices -> the inputs), ``approvals`` and ``targets`` (the
@@ -26,7 +30,9 @@ else; ``CLUSTER_RULES`` and ``NAMESPACE_RULES`` below are the same list as data)
 ClusterRole
 - ``changegate.io`` ``changeapprovals``: get, list, watch, patch -- watch and index them,
   re-read one before judging it; kopf patches its finalizer ``changegate.io/operator``
-  (the expiry timer needs it) onto approvals that are not yet Applied or Expired.
+  (the expiry timer needs it) onto approvals that are not yet Applied or Expired;
+  create -- the review owed for a break-glass or unexplained change (reviews.py);
+  delete -- terminal ones after approvalRetention (retention.py).
 - ``changegate.io`` ``changeapprovals/status``: patch -- phases and conditions.
 - ``apps`` ``deployments``: get, list, watch, patch -- watch targets, read one when an
   approval is Approved, write the ``changegate.io/approval`` annotation.
@@ -38,13 +44,16 @@ ClusterRole
 - ``""`` ``events``: create -- kopf posts core/v1 Events (kopf.info / kopf.warn).
 - ``apiextensions.k8s.io`` ``customresourcedefinitions``: list, watch -- kopf's resource
   discovery follows CRDs.
+- ``admissionregistration.k8s.io`` ``validatingwebhookconfigurations``: list, watch -- the
+  chart's webhook configuration, for drift (drift.py).
 - ``kopf.dev`` ``clusterkopfpeerings``: list, watch, patch -- only with peering (the
   default; not with ``--standalone``). The chart must then also install kopf's
   ClusterKopfPeering CRD and the object named by ``--peering`` (default ``changegate``).
 
 Role in the controller namespace
-- ``""`` ``configmaps``: create -- the sixteen ledger ConfigMaps when missing (patches
-  to them are covered by the ClusterRole; the chart may narrow them with resourceNames).
+- ``""`` ``configmaps``: create -- the sixteen ledger ConfigMaps and the sixteen record
+  ConfigMaps (record.py) when missing (patches to them are covered by the ClusterRole;
+  the chart may narrow them with resourceNames).
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from typing import Any
 
 CLUSTER_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": ["changegate.io"], "resources": ["changeapprovals"],
-     "verbs": ["get", "list", "watch", "patch"]},
+     "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
     {"apiGroups": ["changegate.io"], "resources": ["changeapprovals/status"],
      "verbs": ["patch"]},
     {"apiGroups": ["apps"], "resources": ["deployments"],
@@ -65,6 +74,8 @@ CLUSTER_RULES: tuple[dict[str, Any], ...] = (
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
      "verbs": ["list", "watch"]},
+    {"apiGroups": ["admissionregistration.k8s.io"],
+     "resources": ["validatingwebhookconfigurations"], "verbs": ["list", "watch"]},
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"],
      "verbs": ["list", "watch", "patch"]},
 )

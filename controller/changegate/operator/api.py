@@ -46,6 +46,11 @@ class Api:
         created = await self.request("POST", path, body)
         return created if isinstance(created, dict) else {}
 
+    async def delete(self, path: str, *, uid: str) -> None:
+        """Delete the object only if it is still the one with ``uid`` (409 otherwise)."""
+        await self.request("DELETE", path, {"apiVersion": "v1", "kind": "DeleteOptions",
+                                            "preconditions": {"uid": uid}})
+
     async def merge_patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """RFC 7386. A ``metadata.resourceVersion`` in ``body`` makes it conditional: the
         API server answers 409 when the object changed since that version."""

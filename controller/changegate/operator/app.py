@@ -9,10 +9,20 @@ from typing import Any
 import kopf
 
 from changegate import kube
-from changegate.operator import approvals, canary, ledger, targets, world
-from changegate.operator.api import Api
+from changegate.operator import (
+    approvals,
+    canary,
+    changes,
+    drift,
+    ledger,
+    retention,
+    targets,
+    world,
+)
+from changegate.operator.api import Api, ApiError, object_path
 from changegate.operator.context import Context
 from changegate.operator.health import make_app, serve
+from changegate.operator.record import Record
 
 LOG = logging.getLogger("changegate.operator")
 DEFAULT_PEERING = "changegate"
@@ -21,6 +31,9 @@ FINALIZER = "changegate.io/operator"
 # (SPEC §3). The handlers here need none of it (see targets.py), but any future
 # on.create/update handler would, and must never write a key the digest counts.
 STORAGE_PREFIX = "changegate.io"
+# The record (record.py) is written in batches this often: a burst of events (the listing
+# at start) costs one patch per shard, and a change is in the API within a second.
+FLUSH_SECONDS = 0.5
 
 
 def configure(settings: kopf.OperatorSettings, *, peering: str, standalone: bool) -> None:
@@ -81,16 +94,38 @@ def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
     async def login(**_: Any) -> kopf.ConnectionInfo:
         return await connection_info(ctx.kubeconfig)
 
+    background: list[asyncio.Task[None]] = []
+
     @kopf.on.startup(id="startup", registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure(settings, peering=peering, standalone=standalone)
         if ctx.client is None:
             ctx.client = Api(await kube.async_client(ctx.kubeconfig))
         # The webhook reads the ledger; it must exist before the first change lands.
         await ledger.ensure(ctx.api, ctx.process.namespace, ctx.clock())
+        version = await ctx.api.request("GET", "/version")
+        ctx.server_version = str((version or {}).get("gitVersion") or "")
+        # Before kopf lists anything: every object listed is compared with the record.
+        ctx.record = Record(ctx.process.namespace)
+        await ctx.record.load(ctx.api)
+        if ctx.expected_webhooks is not None:  # a deleted configuration sends no event
+            drift.judge(ctx, await ctx.api.get(
+                f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/"
+                f"{drift.NAME}"))
+        # kopf's indices are live views: the ones handed to startup stay current.
+        background.append(asyncio.create_task(
+            keep_record(ctx, world.World(ctx.process, kwargs)), name="changegate record"))
 
     @kopf.on.cleanup(id="cleanup", registry=registry)
     async def cleanup(**_: Any) -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if ctx.record is not None and ctx.client is not None:
+            try:
+                await ctx.record.flush(ctx.api)
+            except ApiError as exc:  # what is not written is compared again at the next start
+                LOG.warning("record not flushed at exit: %s", exc)
         if ctx.client is not None:
             await ctx.client.close()
             ctx.client = None
@@ -99,7 +134,41 @@ def build_registry(ctx: Context, *, peering: str = DEFAULT_PEERING,
     approvals.register(registry, ctx)
     targets.register(registry, ctx)
     canary.register(registry, ctx)
+    if ctx.expected_webhooks is not None:
+        def is_ours(name: str, **_: Any) -> bool:
+            return name == drift.NAME
+
+        @kopf.on.event("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+                       id="webhook-drift", when=is_ours, registry=registry)
+        async def webhook_changed(type: str | None, body: kopf.Body, **_: Any) -> None:
+            drift.judge(ctx, None if type == "DELETED" else body)
     return registry
+
+
+async def keep_record(ctx: Context, view: world.World) -> None:
+    """Write the record in batches; every resync, delete what approvalRetention lets go
+    and try again the transitions that still owe a review that could not be created."""
+    assert ctx.record is not None
+    since_retry = 0.0
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        try:
+            if ctx.record.dirty:
+                await ctx.record.flush(ctx.api)
+            since_retry += FLUSH_SECONDS
+            if since_retry >= ctx.resync:
+                since_retry = 0.0
+                await retention.sweep(ctx, view)
+                for kind, namespace, name in list(ctx.retry):
+                    api_version = "apps/v1" if kind == "Deployment" else "v1"
+                    live = await ctx.api.get(object_path(api_version, kind, namespace, name))
+                    await changes.observe(ctx, view, "DELETED" if live is None else None,
+                                          live or {"metadata": {"namespace": namespace,
+                                                                "name": name}}, kind, LOG)
+        except ApiError as exc:
+            LOG.warning("record: %s (tried again)", exc)
+        except Exception:  # this loop must outlive any one failure: it flushes the record
+            LOG.exception("record loop: unexpected error (carrying on)")
 
 
 async def run(ctx: Context, *, peering: str = DEFAULT_PEERING, standalone: bool = False,

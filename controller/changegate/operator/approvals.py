@@ -25,7 +25,7 @@ from changegate.core.digest import digest
 from changegate.core.errors import NotCanonicalError, StatementError
 from changegate.core.statement import Statement, parse_time
 from changegate.kube import GROUP, PLURAL, VERSION
-from changegate.operator import ledger
+from changegate.operator import ledger, reviews
 from changegate.operator.api import ApiError, object_path
 from changegate.operator.context import Context
 from changegate.operator.status import (
@@ -53,8 +53,8 @@ async def reconcile(ctx: Context, body: Mapping[str, Any], world: World,
     meta = mapping(body.get("metadata"))
     namespace, name, uid = (str(meta.get(k, "")) for k in ("namespace", "name", "uid"))
     old = mapping(body.get("status"))
-    if str(old.get("phase") or "") not in MANAGED:
-        return  # a canary or break-glass review: its own flow owns the phase
+    if str(old.get("phase") or "") not in MANAGED or reviews.is_review(body):
+        return  # a canary or a review owed: its own flow owns the phase
     now = ctx.clock()
     a = assess(world.facts(body, now))
     if a.phase == "Approved" and a.statement is not None and await _landed(ctx, a.statement,
@@ -161,11 +161,12 @@ def _observe_wait(ctx: Context, meta: Mapping[str, Any], now: datetime) -> None:
             return
 
 
-def _live(status: kopf.Status, **_: Any) -> bool:
+def _live(status: kopf.Status, labels: kopf.Labels, **_: Any) -> bool:
     """Approvals the timer still watches: it moves them to Expired (or sees trust change);
-    once Applied or Expired nothing can change them, and kopf drops its finalizer."""
+    once Applied or Expired nothing can change them, and kopf drops its finalizer. A
+    review owed never expires into anything: its signatures come as watch events."""
     phase = str(status.get("phase") or "")
-    return phase in MANAGED and phase not in TERMINAL
+    return phase in MANAGED and phase not in TERMINAL and reviews.LABEL not in labels
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
@@ -176,6 +177,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             ctx.metrics.gone(uid)
             return
         ctx.metrics.saw(uid, str(body.get("status", {}).get("phase") or ""))
+        if reviews.is_review(body):
+            await reviews.reconcile(ctx, body, World(ctx.process, kwargs), logger)
+            return
         await reconcile(ctx, body, World(ctx.process, kwargs), logger)
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="changeapproval-resync", interval=ctx.resync,

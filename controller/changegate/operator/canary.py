@@ -27,7 +27,6 @@ from typing import Any, cast
 from urllib.parse import quote
 
 import kopf
-from prometheus_client import Counter
 
 from changegate.core import canary as machine
 from changegate.core.digest import digest
@@ -55,8 +54,7 @@ class Runs:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.total = Counter("changegate_canary_runs", "Canary runs that ended, by result.",
-                             ["result"], registry=ctx.metrics.registry)
+        self.total = ctx.metrics.canary_runs  # defined once, with the operator's others
         self._locks: dict[str, asyncio.Lock] = {}
 
     def lock(self, uid: str) -> asyncio.Lock:

@@ -41,10 +41,12 @@ TERMINAL = frozenset({"Applied", "Expired"})
 FATAL = frozenset({"statement_invalid", "spec_statement_mismatch", "manifest_mismatch",
                    "lifetime_exceeded", "cluster_mismatch", "change_record_invalid",
                    "approval_used", "nonce_invalid"})
-# Counted, not blocking (the webhook's fit() ignores them too): a duplicate key of one
-# person, or the requester's own signature, just does not count.
-NOT_BLOCKING = frozenset({"approver_duplicate", "self_approval"})
 SIGNATURE_CODES = frozenset({"signature_invalid", "key_untrusted", "approver_wrong_namespace"})
+# Counted, not blocking (the webhook's fit() ignores them too): a duplicate key of one
+# person, the requester's own signature, or a signature that does not verify for this
+# namespace (SPEC §4 rule 1: it admits nothing and spoils nothing) just does not count.
+# The Verified condition still shows it.
+NOT_BLOCKING = frozenset({"approver_duplicate", "self_approval", *SIGNATURE_CODES})
 STATEMENT_CODES = frozenset({"statement_invalid", "spec_statement_mismatch",
                              "manifest_mismatch", "nonce_invalid"})
 MAX_NAMES_SHOWN = 8

@@ -20,6 +20,7 @@ import kopf
 from changegate.core.digest import digest
 from changegate.core.errors import NotCanonicalError
 from changegate.operator.approvals import approval_path, reconcile
+from changegate.operator.changes import observe, onboard
 from changegate.operator.context import Context
 from changegate.operator.world import World
 
@@ -61,6 +62,18 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     for group, version, plural, kind in GATED:
         _register_kind(registry, ctx, group, version, plural, kind)
 
+    # An event handler only, like the targets': kopf writes nothing on namespaces.
+    @kopf.on.event("namespaces", id="tier1-namespaces", registry=registry)
+    async def namespace_changed(type: str | None, name: str, labels: kopf.Labels,
+                                **kwargs: Any) -> None:
+        world = World(ctx.process, kwargs)
+        policy, _ = world.policy
+        if type == "DELETED" or policy is None or not policy.selects(dict(labels)) \
+                or name in (ctx.process.namespace, "kube-system"):
+            return
+        if ctx.record is not None and ctx.record.loaded:
+            await onboard(ctx, world, name)
+
 
 def _register_kind(registry: kopf.OperatorRegistry, ctx: Context, group: str, version: str,
                    plural: str, kind: str) -> None:
@@ -76,3 +89,6 @@ def _register_kind(registry: kopf.OperatorRegistry, ctx: Context, group: str, ve
             fresh = await ctx.api.get(approval_path(namespace, approval))
             if fresh is not None:
                 await reconcile(ctx, fresh, world, logger)
+        # After the approvals: an approval this event completed is then Applied in the
+        # index the explanation reads (or still Approved: either explains the change).
+        await observe(ctx, world, type, body, kind, logger)

@@ -103,6 +103,11 @@ class World:
         raw = _first(self.indices.get(LEDGER), nonce) if nonce else None
         return LedgerEntry.from_json(raw) if isinstance(raw, str) else None
 
+    def all_approvals(self) -> list[tuple[str, dict[str, str]]]:
+        """(namespace, entry) for every approval the index holds."""
+        index = self.indices[APPROVALS]
+        return [(key[0], entry) for key in list(index) for entry in list(index.get(key) or [])]
+
     def approvals_for(self, namespace: str, kind: str, name: str) -> list[dict[str, str]]:
         store = self.indices[APPROVALS].get((namespace, kind, name))
         return list(store) if store is not None else []
@@ -193,4 +198,11 @@ def register(registry: kopf.OperatorRegistry, process: ProcessConfig) -> None:
         return {(str(namespace), str(target.get("kind")), str(target.get("name"))): {
             "name": name, "uid": uid, "phase": str(status.get("phase") or ""),
             "operation": str(spec.get("operation")), "toDigest": str(spec.get("toDigest")),
-            "targetUid": str(target.get("uid"))}}
+            "targetUid": str(target.get("uid")), "since": _last_transition(status)}}
+
+    def _last_transition(status: kopf.Status) -> str:
+        """When the status last changed state (RFC 3339, comparable as text): the clock
+        approvalRetention runs from once the phase is terminal."""
+        times = [str(c.get("lastTransitionTime") or "") for c in status.get("conditions") or []
+                 if isinstance(c, dict)]
+        return max(times, default="")
