@@ -46,4 +46,5 @@ def test_every_panel_queries_only_emitted_metrics():
 def test_the_dashboard_has_the_promised_panels():
     titles = {p["title"] for p in json.loads(DASHBOARD.read_text())["panels"]}
     assert titles == {"Admission decisions by reason", "Admission latency (webhook)",
-                      "Break-glass changes", "ChangeApprovals by phase"}
+                      "Break-glass changes", "ChangeApprovals by phase", "Reviews owed",
+                      "Canary runs by result"}

@@ -152,6 +152,8 @@ def test_every_dashboard_panel_returns_the_story(gate: Gate, prometheus: str, tm
     p50, p99 = queries["Admission latency (webhook)"]
     [glass_query] = queries["Break-glass changes"]
     by_phase, waiting = queries["ChangeApprovals by phase"]
+    [owed] = queries["Reviews owed"]
+    [canary_runs] = queries["Canary runs by result"]
     _until_all(prometheus, [
         ("decisions by reason", decisions,
          lambda s: {("denied", "no_approval"), ("allowed", "break_glass")}
@@ -164,5 +166,12 @@ def test_every_dashboard_panel_returns_the_story(gate: Gate, prometheus: str, tm
         ("ChangeApprovals by phase", by_phase, lambda s: any(
             x["metric"].get("phase") == "Pending" and float(x["value"][1]) >= 1 for x in s)),
         ("waiting for approvals", waiting, lambda s: _values(s)[0] >= 1),
+        # dana's break-glass owes a review (the operator's resync is 10 s here).
+        ("reviews owed", owed, lambda s: any(
+            x["metric"].get("state") == "pending" and float(x["value"][1]) >= 1 for x in s)),
+        # No canary ran in this story: every result is exported at 0 from the start, so
+        # the panel (and the canary alert's increase()) sees the first run that ends.
+        ("canary runs by result", canary_runs, lambda s: {"promoted", "unhealthy"}
+         <= {x["metric"].get("result") for x in s}),
     ])
-    assert len(queries) == 4  # every panel was checked above
+    assert len(queries) == 6  # every panel was checked above
