@@ -1,5 +1,6 @@
-"""Story 11 (SPEC §10): after approved changes and an approval that expired unused,
-`changegate audit -n NS -o json` lists exactly those, and `-o html` is a page headless
+"""SPEC §10: after approved changes, a break-glass change and an approval that expired
+unused, `changegate audit -n NS -o json` lists exactly those (the break-glass change from
+the review the operator owes for it, SPEC §7a), and `-o html` is a page headless
 Chromium renders without console errors (its screenshot is kept in tests/artifacts/)."""
 
 from __future__ import annotations
@@ -34,8 +35,22 @@ def test_audit_lists_exactly_the_changes_and_the_expired_approval(gate: Gate, tm
     for name in (dep, cm):
         wait_for(lambda n=name: phase(gate, ns, n) == "Applied", f"{name} Applied", timeout=60)
 
+    # dana (on call) rolls the Deployment back by break-glass: the operator owes a review.
+    glass = write_manifest(tmp_path / "glass.yaml", deployment(
+        "checkout", "1.41.0", annotations={"changegate.io/break-glass": "INC-11 rollback by dana"}))
+    r = gate.kubectl("dana", "apply", "-n", ns, "-f", str(glass))
+    assert r.rc == 0, r.text
+    glass_digest = gate.live_digest("deployment", "checkout", ns)
+
+    def review_owed() -> str | None:
+        listed = gate.kubectl("admin", "get", "changeapprovals", "-n", ns, "-o", "json")
+        return next((i["metadata"]["name"] for i in json.loads(listed.out)["items"]
+                     if (i.get("status") or {}).get("phase") == "ReviewOwed"), None)
+
+    owed_name = wait_for(review_owed, "the review owed for dana's break-glass", timeout=60)
+
     # A second change requested, signed once, never applied: it expires unused.
-    later = write_manifest(tmp_path / "later.yaml", deployment("checkout", "1.43.0"))
+    later = write_manifest(tmp_path / "later.yaml", deployment("checkout", "1.43.0"))  # from 1.41.0
     req = gate.changegate("alice", "request", "-f", str(later), "-n", ns, "--record",
                           "CHG-11002", "--expires", "15s")
     assert req.rc == 0, req.text
@@ -49,20 +64,28 @@ def test_audit_lists_exactly_the_changes_and_the_expired_approval(gate: Gate, tm
     report = json.loads(out.out)
     assert report["kind"] == "AuditReport"
     changes = report["changes"]
-    assert sorted(c["approval"] for c in changes) == sorted([f"{ns}/{dep}", f"{ns}/{cm}"])
-    for change in changes:
+    assert sorted(c["approval"] for c in changes) == sorted(
+        [f"{ns}/{dep}", f"{ns}/{cm}", f"{ns}/{owed_name}"])
+    [glass_change] = [c for c in changes if c["admittedBy"] == "break-glass"]
+    assert (glass_change["kind"], glass_change["name"]) == ("Deployment", "checkout")
+    assert glass_change["toDigest"] == glass_digest and glass_change["approvers"] == []
+    assert glass_change["requestedBy"] == "dana"
+    [owed] = report["reviewsOwed"]
+    assert (owed["approval"], owed["reason"], owed["overdue"]) == (
+        f"{ns}/{owed_name}", "break-glass", False)
+    for change in (c for c in changes if c["admittedBy"] == "approval"):
         live = change["kind"].lower()
         assert change["admittedBy"] == "approval" and change["assistance"] == "ai"
         assert change["approvers"] == [{"name": "bob", "senior": False},
                                        {"name": "dana", "senior": True}]
         assert (change["requestedBy"], change["changeRecord"]) == ("alice", "CHG-11001")
-        assert change["toDigest"] == gate.live_digest(live, change["name"], ns)
+        if live == "configmap":  # the Deployment has moved on since (break-glass)
+            assert change["toDigest"] == gate.live_digest(live, change["name"], ns)
     assert [e["approval"] for e in report["expiredUnused"]] == [f"{ns}/{expired}"]
     assert report["expiredUnused"][0]["approvers"] == [{"name": "bob", "senior": False}]
-    assert report["reviewsOwed"] == []
-    assert report["counts"] == {ns: {"changes": 2, "approval": 2, "break-glass": 0,
+    assert report["counts"] == {ns: {"changes": 3, "approval": 2, "break-glass": 1,
                                      "exempt": 0, "unexplained": 0, "aiAssisted": 2,
-                                     "reviewsOwed": 0, "reviewsOverdue": 0,
+                                     "reviewsOwed": 1, "reviewsOverdue": 0,
                                      "expiredUnused": 1}}
 
     table = gate.changegate("admin", "audit", "-n", ns)
@@ -74,5 +97,6 @@ def test_audit_lists_exactly_the_changes_and_the_expired_approval(gate: Gate, tm
     assert html.rc == 0, html.text
     shown = render(page, ARTIFACTS / "audit-e2e.png")
     assert shown.console == [], shown.console
-    assert "Tier-1 changes" in shown.dom and shown.dom.count("<rect") == 1  # one day, one way
+    # one day, two ways in: approval and break-glass
+    assert "Tier-1 changes" in shown.dom and shown.dom.count("<rect") == 2
     assert "dana (senior)" in shown.dom
