@@ -241,3 +241,18 @@ async def test_a_review_that_could_not_be_created_is_tried_again_and_told(k8s, o
         assert told["metadata"]["name"].startswith("changegate-operator-")  # not kopf's
         assert told["involvedObject"]["uid"] == live["metadata"]["uid"]
         assert ctx.retry == {}
+
+
+def test_a_write_in_the_same_second_as_the_record_is_still_named():
+    """managedFields times have whole seconds: a write in the second the operator last
+    recorded the object must not read as "written by nobody"."""
+    from changegate.operator.explain import writers_since
+
+    obj = {"metadata": {"managedFields": [
+        {"manager": "kubectl-client-side-apply", "operation": "Update",
+         "time": "2026-12-02T10:00:00Z"},
+        {"manager": "autoscaler-script", "operation": "Update", "time": "2026-12-02T10:00:05Z"},
+        {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
+         "time": "2026-12-02T10:00:05Z"}]}}
+    assert writers_since(obj, "2026-12-02T10:00:05Z") == ["autoscaler-script (Update)"]
+    assert writers_since(obj, "2026-12-02T10:00:06Z") == []

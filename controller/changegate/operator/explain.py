@@ -93,11 +93,13 @@ def last_write(obj: Mapping[str, Any]) -> str:
 
 
 def writers_since(obj: Mapping[str, Any], since: str) -> list[str]:
-    """Who wrote the object after ``since``, as far as managedFields tell (a manager name,
-    e.g. kubectl-client-side-apply, not a person)."""
+    """Who wrote the object since ``since``, as far as managedFields tell (a manager name,
+    e.g. kubectl-client-side-apply, not a person). managedFields times have whole seconds,
+    so a write in the same second as ``since`` is named too: naming one writer too many
+    beats naming nobody."""
     out = []
     for e in _fields(obj):
-        if e.get("subresource") in STATUS_SUBRESOURCES or str(e.get("time") or "") <= since:
+        if e.get("subresource") in STATUS_SUBRESOURCES or str(e.get("time") or "") < since:
             continue
         sub = f"/{e['subresource']}" if e.get("subresource") else ""
         out.append(f"{e.get('manager') or '?'} ({e.get('operation') or '?'}{sub})")
