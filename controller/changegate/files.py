@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from changegate.core.errors import ChangeGateError, PolicyError, TrustStoreError
-from changegate.core.policy import Policy, load_policy
+from changegate.core.policy import load_policy
 from changegate.core.snapshot import (
     ApprovalObject,
     NamespaceInfo,
@@ -22,7 +22,7 @@ from changegate.core.snapshot import (
     Snapshot,
     ledger_nonces,
 )
-from changegate.core.trust import TrustStore, load_trust_store
+from changegate.core.trust import load_trust_store
 
 
 def read_text(path: str | Path) -> str:
@@ -80,6 +80,21 @@ def group_approvals(objects: Iterable[dict[str, Any]]) -> dict[str, tuple[Approv
     return {ns: tuple(items) for ns, items in grouped.items()}
 
 
+T = TypeVar("T")
+
+
+def _parsed(load: Callable[[Any], T], text: str | None, error: type[Exception],
+            missing: str | None) -> tuple[T | None, str]:
+    """(the loaded value, "") or (None, why): kept as an error, so decisions fail closed.
+    ``missing`` is the error for no text at all (None: the loader's defaults apply)."""
+    if text is None and missing is not None:
+        return None, missing
+    try:
+        return load(text), ""
+    except error as exc:
+        return None, str(exc)
+
+
 def build_snapshot(*, trust_text: str | None, policy_text: str | None,
                    objects: Iterable[dict[str, Any]] = (),
                    ledger: Iterable[dict[str, Any]] = (),
@@ -88,23 +103,10 @@ def build_snapshot(*, trust_text: str | None, policy_text: str | None,
     """A Snapshot; an invalid trust store or policy is kept as an error (fail closed).
     Offline, a namespace no file describes counts as tier-1 (``assume_tier1``, SPEC §10)."""
     objects = list(objects)
-    trust: TrustStore | None = None
-    policy: Policy | None = None
-    trust_error = policy_error = ""
-    if trust_text is None:
-        trust_error = "trust store missing"
-    else:
-        try:
-            trust = load_trust_store(trust_text)
-        except TrustStoreError as exc:
-            trust_error = str(exc)
-    if policy_text is None and policy_required:
-        policy_error = "policy missing"
-    else:
-        try:
-            policy = load_policy(policy_text)
-        except PolicyError as exc:
-            policy_error = str(exc)
+    trust, trust_error = _parsed(load_trust_store, trust_text, TrustStoreError,
+                                 "trust store missing")
+    policy, policy_error = _parsed(load_policy, policy_text, PolicyError,
+                                   "policy missing" if policy_required else None)
     namespaces = {info.name: info for info in
                   (NamespaceInfo.from_object(o) for o in objects if o.get("kind") == "Namespace")}
     hpa_targets = frozenset(

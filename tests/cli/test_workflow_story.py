@@ -29,6 +29,11 @@ def request(cg, manifests, *extra):
     return result
 
 
+def approved_by_bob_and_carol(cg, keys):
+    for who in ("bob", "carol"):
+        assert cg(who, "approve", DEP, "--key", keys[who], "--yes").code == 0
+
+
 def test_request_creates_one_approval_per_changed_object_with_the_dry_run_result(
         kube, cg, manifests):
     kube.now = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -150,8 +155,7 @@ def test_two_approvers_signing_at_once_both_land(kube, manifests, keys, cg):
 
 def test_apply_refuses_an_expired_approval(kube, cg, manifests, keys):
     request(cg, manifests, "--expires", "1h")
-    for who in ("bob", "carol"):
-        assert cg(who, "approve", DEP, "--key", keys[who], "--yes").code == 0
+    approved_by_bob_and_carol(cg, keys)
     kube.now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
     result = cg("alice", "apply", DEP)
     assert result.code != 0 and "expired at" in result.err
@@ -159,8 +163,7 @@ def test_apply_refuses_an_expired_approval(kube, cg, manifests, keys):
 
 def test_apply_refuses_when_the_live_object_moved(kube, cg, manifests, keys):
     request(cg, manifests)
-    for who in ("bob", "carol"):
-        assert cg(who, "approve", DEP, "--key", keys[who], "--yes").code == 0
+    approved_by_bob_and_carol(cg, keys)
     live = kube.get("configmaps", NS, "checkout-config")
     kube.put(live)  # same content: not a move
     dep = kube.get("deployments", NS, "checkout")
@@ -172,8 +175,7 @@ def test_apply_refuses_when_the_live_object_moved(kube, cg, manifests, keys):
 
 def test_an_approver_cannot_apply_what_they_approved(kube, cg, manifests, keys):
     request(cg, manifests)
-    for who in ("bob", "carol"):
-        assert cg(who, "approve", DEP, "--key", keys[who], "--yes").code == 0
+    approved_by_bob_and_carol(cg, keys)
     result = cg("bob", "apply", DEP)
     assert result.code != 0 and "someone else must apply it" in result.err
 

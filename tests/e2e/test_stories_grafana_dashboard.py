@@ -80,12 +80,7 @@ def prometheus(gate: Gate, tmp_path: Path) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        Gate._stop(process)  # terminate, and kill after 15 s
         log.close()
 
 

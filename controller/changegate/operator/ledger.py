@@ -100,6 +100,10 @@ def _configmap(namespace: str, name: str, data: Mapping[str, str]) -> dict[str, 
             "data": dict(data)}
 
 
+async def _create(api: Api, namespace: str, name: str, data: dict[str, str]) -> None:
+    await api.create(object_path("v1", "ConfigMap", namespace), _configmap(namespace, name, data))
+
+
 async def ensure(api: Api, namespace: str, now: datetime) -> None:
     """Create missing shards and prune expired entries (at startup)."""
     for name in NAMES:
@@ -108,8 +112,7 @@ async def ensure(api: Api, namespace: str, now: datetime) -> None:
             found = await api.get(path)
             try:
                 if found is None:
-                    await api.create(object_path("v1", "ConfigMap", namespace),
-                                     _configmap(namespace, name, {}))
+                    await _create(api, namespace, name, {})
                     LOG.info("created ledger ConfigMap %s/%s", namespace, name)
                 else:
                     gone = expired_keys(found.get("data") or {}, now)
@@ -136,8 +139,7 @@ async def record(api: Api, namespace: str, nonce: str, entry: LedgerEntry,
         found = await api.get(path)
         try:
             if found is None:
-                await api.create(object_path("v1", "ConfigMap", namespace),
-                                 _configmap(namespace, name, {nonce: entry.to_json()}))
+                await _create(api, namespace, name, {nonce: entry.to_json()})
                 return entry
             data = found.get("data") or {}
             if nonce in data:
